@@ -14,11 +14,13 @@ Reverse-KL with λ_GAN = 0 is DMD; reverse-KL with a GAN term is DMD2.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import losses
 from .density_ratio import RatioNormalizer, density_ratio, normalize_weights
@@ -129,13 +131,16 @@ class FDistillObjective(nn.Module):
                 raise ValueError("the discriminator needs real samples x0_real")
             eps = torch.randn(x0_real.shape, generator=generator, device=x0_real.device, dtype=x0_real.dtype)
             t_real = t[: x0_real.shape[0]] if x0_real.shape[0] <= t.shape[0] else self._noise(x0_real, generator)[1]
-            x_t_real = self.schedule.add_noise(x0_real, eps, t_real).requires_grad_(self.config.r1_gamma > 0)
-            logits_real = self.discriminator(x_t_real, t_real, condition_real)
+            r1 = self.config.r1_gamma > 0
+            x_t_real = self.schedule.add_noise(x0_real, eps, t_real).requires_grad_(r1)
+            # R1 differentiates twice; fused attention kernels have no double backward, the math one does
+            with sdpa_kernel(SDPBackend.MATH) if r1 else contextlib.nullcontext():
+                logits_real = self.discriminator(x_t_real, t_real, condition_real)
             logits_fake = self.discriminator(x_t.detach(), t, condition)
             d = losses.discriminator_loss(logits_real, logits_fake)
             logs.update(disc=d.item(), d_real=logits_real.mean().item(), d_fake=logits_fake.mean().item())
             loss = loss + d
-            if self.config.r1_gamma > 0:
+            if r1:
                 r1 = losses.r1_penalty(logits_real, x_t_real, self.config.r1_gamma)
                 logs["r1"] = r1.item()
                 loss = loss + r1

@@ -33,8 +33,10 @@ def expand_t(t: Tensor, x: Tensor) -> Tensor:
     ``x`` of shape (B, C, F, H, W).
     """
     t = torch.as_tensor(t, device=x.device)
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()  # times stay >= fp32: in bf16, timestep 999 rounds to 1000
     if t.ndim == 0:
-        return t.to(x.dtype if x.is_floating_point() else torch.float32)
+        return t
     if t.ndim == 1:
         return t.reshape(-1, *([1] * (x.ndim - 1)))
     if t.ndim == 2 and x.ndim == 5:
@@ -297,7 +299,7 @@ class VPSchedule(NoiseSchedule):
         return noise
 
     def to_x0(self, output: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        alpha, sigma = self.alpha_sigma(expand_t(t, x_t).to(x_t.dtype))
+        alpha, sigma = self.alpha_sigma(expand_t(t, x_t))
         if self.prediction_type == "epsilon":
             return (x_t - sigma * output) / alpha
         if self.prediction_type == "v_prediction":

@@ -1,8 +1,9 @@
 """Crash-safe checkpoints on top of ``accelerate``'s ``save_state``/``load_state``.
 
-A checkpoint is a folder ``checkpoint-<step>`` holding accelerate's state (models, optimizers,
-objects registered with ``register_for_checkpointing`` such as EMA weights and the ratio
-normaliser, RNG states) plus ``trainer_state.json``. It is written into a hidden temporary folder
+A checkpoint is a folder ``checkpoint-<step>`` holding accelerate's state (prepared optimizers,
+RNG states), one ``<name>.safetensors`` (+ ``<name>.json`` for non-tensor entries) per module or
+stateful object passed in ``modules`` (networks, EMA weights, the ratio normaliser), and
+``trainer_state.json``. Module states are never pickled, so resuming never unpickles code. It is written into a hidden temporary folder
 and renamed into place, so a crash mid-write never leaves a half checkpoint that ``--resume``
 would pick up.
 """
@@ -15,6 +16,8 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+from torch import Tensor
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -42,9 +45,59 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _flatten_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split a state dict into tensors (lists of tensors indexed) and JSON-able values."""
+    tensors, other = {}, {}
+    for k, v in state.items():
+        if isinstance(v, Tensor):
+            tensors[k] = v.detach().cpu().contiguous()
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(x, Tensor) for x in v):
+            other[k] = {"__tensor_list__": len(v)}
+            tensors.update({f"{k}.{i}": x.detach().cpu().contiguous() for i, x in enumerate(v)})
+        else:
+            other[k] = v
+    return tensors, other
+
+
+def _unflatten_state(tensors: dict[str, Tensor], other: dict[str, Any]) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+    for k, v in other.items():
+        if isinstance(v, dict) and "__tensor_list__" in v:
+            state[k] = [tensors.pop(f"{k}.{i}") for i in range(v["__tensor_list__"])]
+        else:
+            state[k] = v
+    state.update(tensors)
+    return state
+
+
+def save_states(folder: Path, modules: dict[str, Any]) -> None:
+    """Write ``obj.state_dict()`` of each named object as safetensors + json."""
+    from safetensors.torch import save_file
+
+    for name, obj in modules.items():
+        tensors, other = _flatten_state(obj.state_dict())
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+        (folder / f"{name}.json").write_text(json.dumps(other))
+
+
+def load_states(folder: Path, modules: dict[str, Any]) -> None:
+    """Inverse of :func:`save_states` (safetensors only)."""
+    from safetensors.torch import load_file
+
+    for name, obj in modules.items():
+        if not (folder / f"{name}.safetensors").is_file():
+            raise FileNotFoundError(f"checkpoint {folder} has no state for {name!r}")
+        other = json.loads((folder / f"{name}.json").read_text())
+        obj.load_state_dict(_unflatten_state(load_file(str(folder / f"{name}.safetensors")), other))
+
+
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[str, Any],
-                    keep: int = 2) -> Path:
-    """Save accelerate state + ``state`` as ``checkpoint-<step>`` atomically; keep the newest ``keep``."""
+                    keep: int = 2, modules: dict[str, Any] | None = None) -> Path:
+    """Save accelerate state, ``modules`` and ``state`` as ``checkpoint-<step>`` atomically.
+
+    Keeps the newest ``keep`` checkpoints. ``modules`` maps names to objects with
+    ``state_dict``/``load_state_dict`` (identical on every rank: only the main process writes them).
+    """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}"
@@ -53,7 +106,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every rank has written its RNG state before the rename
     if accelerator.is_main_process:
+        save_states(tmp, modules or {})
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -63,12 +118,13 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
     return final
 
 
-def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
-    """Restore accelerate state from ``path``; returns its ``trainer_state.json``."""
+def load_checkpoint(accelerator, path: str | Path, modules: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore accelerate state and ``modules`` from ``path``; returns its ``trainer_state.json``."""
     path = Path(path)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.json)")
     accelerator.load_state(str(path))
+    load_states(path, modules or {})
     return json.loads((path / "trainer_state.json").read_text())
 
 

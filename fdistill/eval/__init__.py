@@ -1,0 +1,52 @@
+"""Offline evaluation: FID/KID (clean-fid statistics), precision/recall, VBench-style video metrics.
+
+Image metrics embed images with the shipped digits classifier by default and with clean-fid's
+Inception-v3 only when its weights file is on disk; nothing here downloads anything.
+"""
+
+from fdistill.eval.fid import (
+    class_coverage,
+    classifier_feature_extractor,
+    compute_fid,
+    compute_kid,
+    extract_features,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    inception_feature_extractor,
+    kid_from_features,
+)
+from fdistill.eval.precision_recall import compute_precision_recall, precision_recall
+from fdistill.eval.vbench_adapter import VBenchUnavailable, run_vbench, write_mp4s
+from fdistill.eval.video import (
+    dynamic_degree,
+    evaluate_video,
+    flow_magnitude,
+    subject_consistency,
+    temporal_drift,
+    temporal_flickering,
+)
+
+__all__ = [
+    "VBenchUnavailable",
+    "class_coverage",
+    "classifier_feature_extractor",
+    "compute_fid",
+    "compute_kid",
+    "compute_precision_recall",
+    "dynamic_degree",
+    "evaluate_video",
+    "extract_features",
+    "feature_statistics",
+    "fid_from_features",
+    "flow_magnitude",
+    "frechet_distance",
+    "inception_feature_extractor",
+    "kid_from_features",
+    "precision_recall",
+    "run_vbench",
+    "subject_consistency",
+    "temporal_drift",
+    "temporal_flickering",
+    "write_mp4s",
+]

@@ -1,0 +1,245 @@
+"""VBench-style video metrics that run offline on small videos.
+
+Videos are tensors (B, C, F, H, W) in [-1, 1]. Each metric follows the VBench definition, with the
+network VBench uses (DINO, RAFT) replaced by what is available offline (the digits classifier,
+OpenCV Farneback flow) unless a local weights file is given:
+
+- temporal flickering: 1 - mean |I_f - I_{f+1}| / 255 over consecutive uint8 frames.
+- subject consistency: mean over f >= 1 of (max(0, cos(z_f, z_{f-1})) + max(0, cos(z_f, z_0))) / 2,
+  z = per-frame features.
+- dynamic degree: a video is dynamic when at least round(4 F / 16) frame pairs have a mean
+  top-5% optical-flow magnitude above 6 * min(H, W) / 256 * max(1, 8 / fps) pixels.
+- temporal drift: per-frame quality of the last segment of frames against the first (classifier
+  confidence, and Fréchet distance of their features, to a reference set when one is given).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fdistill.eval.fid import fid_from_features, resolve_classifier, to_classifier_input, to_uint8
+from fdistill.models.classifier import DigitsClassifier
+
+
+def _check_videos(videos: torch.Tensor) -> None:
+    if videos.ndim != 5:
+        raise ValueError(f"videos must be (B, C, F, H, W), got {tuple(videos.shape)}")
+
+
+def _frames(videos: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, H, W) -> (B * F, C, H, W), frames of a video contiguous."""
+    b, c, f, h, w = videos.shape
+    return videos.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+
+
+def temporal_flickering(videos: torch.Tensor) -> torch.Tensor:
+    """VBench temporal flickering per video: (255 - mean |I_f - I_{f+1}|) / 255 on uint8 frames.
+
+    videos: (B, C, F >= 2, H, W) in [-1, 1] -> scores (B,) in [0, 1]; 1 = no change at all.
+    """
+    _check_videos(videos)
+    if videos.shape[2] < 2:
+        raise ValueError("temporal flickering needs at least 2 frames")
+    frames = to_uint8(videos).float()
+    mae = (frames[:, :, 1:] - frames[:, :, :-1]).abs().mean(dim=(1, 3, 4))  # (B, F - 1)
+    return (255.0 - mae.mean(dim=1)) / 255.0
+
+
+@torch.no_grad()
+def _frame_outputs(
+    videos: torch.Tensor, classifier: DigitsClassifier | None, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame classifier features (B, F, D) and class probabilities (B, F, K)."""
+    _check_videos(videos)
+    model = resolve_classifier(classifier)
+    device = next(model.parameters()).device
+    frames = to_classifier_input(_frames(videos), model.config["image_size"])
+    feats = torch.cat([model.features(frames[i : i + batch_size].to(device)).cpu()
+                       for i in range(0, len(frames), batch_size)])
+    probs = model.head(feats.to(device)).softmax(dim=1).cpu()
+    b, f = videos.shape[0], videos.shape[2]
+    return feats.reshape(b, f, -1), probs.reshape(b, f, -1)
+
+
+def frame_features(videos: torch.Tensor, classifier: DigitsClassifier | None = None) -> torch.Tensor:
+    """Classifier penultimate features of every frame: (B, C, F, H, W) in [-1, 1] -> (B, F, D)."""
+    return _frame_outputs(videos, classifier)[0]
+
+
+def frame_confidence(videos: torch.Tensor, classifier: DigitsClassifier | None = None) -> torch.Tensor:
+    """Classifier confidence (max softmax probability) of every frame: -> (B, F) in [0, 1]."""
+    return _frame_outputs(videos, classifier)[1].max(dim=-1).values
+
+
+def subject_consistency(
+    videos: torch.Tensor, classifier: DigitsClassifier | None = None, features: torch.Tensor | None = None
+) -> torch.Tensor:
+    """VBench subject consistency per video, with classifier features in place of DINO.
+
+    videos: (B, C, F >= 2, H, W) in [-1, 1] (or precomputed `features` (B, F, D)) -> (B,) in [0, 1].
+    """
+    z = frame_features(videos, classifier) if features is None else features
+    if z.shape[1] < 2:
+        raise ValueError("subject consistency needs at least 2 frames")
+    z = F.normalize(z.double(), dim=-1)
+    to_previous = (z[:, 1:] * z[:, :-1]).sum(-1).clamp(min=0)
+    to_first = (z[:, 1:] * z[:, :1]).sum(-1).clamp(min=0)
+    return ((to_previous + to_first) / 2).mean(dim=1).float()
+
+
+def _top5_mean(magnitude: np.ndarray) -> float:
+    """VBench's per-pair motion score: mean of the largest 5% flow magnitudes."""
+    flat = np.sort(magnitude.ravel())[::-1]
+    return float(flat[: max(1, int(flat.size * 0.05))].mean())
+
+
+def _farneback_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense flow (H, W, 2) between two uint8 grey frames; the pyramid stops at ~8 px."""
+    import cv2  # the `video` extra
+
+    levels = int(np.clip(math.floor(math.log2(min(a.shape) / 8)), 1, 5))
+    return cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=levels, winsize=15,
+                                        iterations=3, poly_n=5, poly_sigma=1.1, flags=0)
+
+
+class _RaftFlow:
+    """torchvision RAFT from a local state-dict file; frames upsampled to >= 128 px (multiple of 8)."""
+
+    def __init__(self, weights: str | os.PathLike, model: str = "large") -> None:
+        from torchvision.models.optical_flow import raft_large, raft_small
+
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"RAFT weights not found at {path} (fdistill never downloads them)")
+        builders = {"large": raft_large, "small": raft_small}
+        if model not in builders:
+            raise ValueError(f"RAFT model must be 'large' or 'small', got {model!r}")
+        self.net = builders[model](weights=None).eval()
+        self.net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    @torch.no_grad()
+    def __call__(self, video: torch.Tensor) -> np.ndarray:
+        """video: (C, F, H, W) in [-1, 1] -> flow (F - 1, H, W, 2) in input pixels."""
+        x = video.float().permute(1, 0, 2, 3)
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        h, w = x.shape[-2:]
+        scale = max(1.0, 128 / min(h, w))
+        size = (8 * math.ceil(h * scale / 8), 8 * math.ceil(w * scale / 8))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        flow = self.net(x[:-1], x[1:], num_flow_updates=20)[-1]
+        flow = F.interpolate(flow, size=(h, w), mode="bilinear", align_corners=False)
+        flow = flow * torch.tensor([w / size[1], h / size[0]]).view(1, 2, 1, 1)
+        return flow.permute(0, 2, 3, 1).numpy()
+
+
+def flow_magnitude(
+    videos: torch.Tensor, raft_weights: str | os.PathLike | None = None, raft_model: str = "large"
+) -> torch.Tensor:
+    """Per frame pair, the mean of the top-5% optical-flow magnitudes in pixels per frame.
+
+    Farneback (OpenCV) on grey uint8 frames by default; torchvision RAFT when `raft_weights` (a
+    local state-dict file) is given. videos: (B, C, F >= 2, H, W) -> (B, F - 1).
+    """
+    _check_videos(videos)
+    if videos.shape[2] < 2:
+        raise ValueError("optical flow needs at least 2 frames")
+    raft = None if raft_weights is None else _RaftFlow(raft_weights, raft_model)
+    grey = to_uint8(videos.float().mean(dim=1)).numpy()  # (B, F, H, W)
+    scores = np.zeros((videos.shape[0], videos.shape[2] - 1))
+    for i in range(videos.shape[0]):
+        flows = raft(videos[i]) if raft is not None else [
+            _farneback_flow(grey[i, f], grey[i, f + 1]) for f in range(videos.shape[2] - 1)]
+        for f, flow in enumerate(flows):
+            scores[i, f] = _top5_mean(np.sqrt((flow**2).sum(-1)))
+    return torch.from_numpy(scores).float()
+
+
+def dynamic_degree(
+    videos: torch.Tensor,
+    fps: float = 8.0,
+    raft_weights: str | os.PathLike | None = None,
+    magnitudes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """VBench dynamic degree decision per video: (B, C, F, H, W) -> (B,) float in {0, 1}.
+
+    Threshold 6 * min(H, W) / 256 * max(1, 8 / fps) px on the per-pair top-5% flow magnitude, and
+    at least max(1, round(4 F / 16)) pairs above it (VBench's count, floored at 1 so very short
+    clips are not dynamic by default). The mean over videos is VBench's score.
+    """
+    _check_videos(videos)
+    _, _, f, h, w = videos.shape
+    mags = flow_magnitude(videos, raft_weights) if magnitudes is None else magnitudes
+    threshold = max(1.0, 8.0 / fps) * 6.0 * min(h, w) / 256.0
+    count = max(1, round(4 * f / 16))
+    return ((mags > threshold).sum(dim=1) >= count).float()
+
+
+def temporal_drift(
+    videos: torch.Tensor,
+    classifier: DigitsClassifier | None = None,
+    segment: float = 0.25,
+    reference_features: np.ndarray | torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Per-frame quality of the last `segment` fraction of frames against the first.
+
+    videos: (B, C, F, H, W) in [-1, 1]; reference_features: optional (N, D) classifier features of
+    real frames, e.g. `frame_features(real_videos).flatten(0, 1)`.
+    Returns confidence_first / confidence_last / confidence_drift (first - last: > 0 means the
+    classifier grows less sure of later frames), frechet_first_last (features of first-segment vs
+    last-segment frames) and, with reference_features, fid_first / fid_last / fid_drift (last - first).
+    """
+    _check_videos(videos)
+    return _drift(*_frame_outputs(videos, classifier), segment, reference_features)
+
+
+def _drift(
+    feats: torch.Tensor,
+    probs: torch.Tensor,
+    segment: float,
+    reference_features: np.ndarray | torch.Tensor | None,
+) -> dict[str, float]:
+    n = max(1, round(segment * feats.shape[1]))
+    conf, feats = probs.max(dim=-1).values, feats.double()
+    first, last = feats[:, :n].flatten(0, 1), feats[:, -n:].flatten(0, 1)
+    out = {
+        "confidence_first": conf[:, :n].mean().item(),
+        "confidence_last": conf[:, -n:].mean().item(),
+    }
+    out["confidence_drift"] = out["confidence_first"] - out["confidence_last"]
+    if len(first) >= 2:
+        out["frechet_first_last"] = fid_from_features(first, last)
+        if reference_features is not None:
+            out["fid_first"] = fid_from_features(first, reference_features)
+            out["fid_last"] = fid_from_features(last, reference_features)
+            out["fid_drift"] = out["fid_last"] - out["fid_first"]
+    return out
+
+
+def evaluate_video(
+    videos: torch.Tensor,
+    classifier: DigitsClassifier | None = None,
+    fps: float = 8.0,
+    reference_features: np.ndarray | torch.Tensor | None = None,
+    raft_weights: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """All video metrics, averaged over the batch. videos: (B, C, F >= 2, H, W) in [-1, 1].
+
+    Keys: temporal_flickering, subject_consistency, dynamic_degree, flow_magnitude (mean top-5%
+    flow, px/frame) and the `temporal_drift` keys.
+    """
+    _check_videos(videos)
+    mags = flow_magnitude(videos, raft_weights)
+    feats, probs = _frame_outputs(videos, classifier)
+    return {
+        "temporal_flickering": temporal_flickering(videos).mean().item(),
+        "subject_consistency": subject_consistency(videos, features=feats).mean().item(),
+        "dynamic_degree": dynamic_degree(videos, fps, magnitudes=mags).mean().item(),
+        "flow_magnitude": mags.mean().item(),
+        **_drift(feats, probs, 0.25, reference_features),
+    }

@@ -1,0 +1,329 @@
+"""FDistillPipeline: sample a distilled one-step (or few-step) student, shaped like diffusers' DDPMPipeline.
+
+The student is a plain diffusers denoiser trained under one of fdistill's noise schedules; the
+pipeline carries that schedule as a standard diffusers ``scheduler`` component (EDMEulerScheduler,
+FlowMatchEulerDiscreteScheduler, DDIMScheduler, …) and recovers it with ``schedule_from_scheduler``.
+
+One step: x_T = σ_T ε at the student time T (t_max unless the config sets ``student_t``), then
+x̂0 = to_x0(unet(model_input(x_T, T), model_time(T), condition)). With ``num_inference_steps`` = N > 1
+the pipeline runs multistep consistency sampling (Song et al. 2023, Algorithm 1; DMD2's 4-step SD
+students): after each step the x̂0 is re-noised to the next, lower time with fresh noise from
+``generator``, x_{t'} = α_{t'} x̂0 + σ_{t'} ε', and denoised again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from fdistill.denoisers import call_model
+from fdistill.schedules import NoiseSchedule, schedule_from_scheduler, scheduler_for
+
+__all__ = ["FDistillPipeline", "export_pipeline"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class FDistillPipeline(DiffusionPipeline):
+    r"""Pipeline for one-step (or few-step) generation with an f-distill student.
+
+    Components:
+        unet: the student, any diffusers denoiser: ``UNet2DModel`` (optionally class-conditional through
+            ``num_class_embeds``) or ``UNet2DConditionModel`` (text-conditional through cross-attention).
+        scheduler: a diffusers scheduler describing the student's noise schedule (only its config is used).
+        vae: optional ``AutoencoderKL``; when present the student works in its latent space.
+        text_encoder, tokenizer: optional CLIP text encoder and tokenizer, needed for ``prompt`` (not for
+            ``prompt_embeds``).
+        student_t: the time (in the schedule's units) the student maps noise from, if it is not
+            ``t_max``; stored in ``model_index.json``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
+
+    def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None,
+                 student_t: float | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer)
+        self.register_to_config(student_t=None if student_t is None else float(student_t))
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
+
+    # -- what the student is --------------------------------------------------------------
+    @property
+    def schedule(self) -> NoiseSchedule:
+        """The fdistill noise schedule the student was trained under (from ``scheduler``'s config)."""
+        return schedule_from_scheduler(self.scheduler)
+
+    @property
+    def conditioning(self) -> str | None:
+        """How the unet is conditioned, read from its config: "text" (cross-attention on
+        ``encoder_hidden_states``), "class" (``class_labels`` only) or None (unconditional)."""
+        if "cross_attention_dim" in self.unet.config:
+            return "text"
+        return "class" if self.takes_class_labels else None
+
+    @property
+    def takes_class_labels(self) -> bool:
+        """Whether the unet has a class embedding (``num_class_embeds`` or ``class_embed_type``)."""
+        config = self.unet.config
+        return config.get("num_class_embeds") is not None or config.get("class_embed_type") is not None
+
+    @property
+    def num_classes(self) -> int | None:
+        """``num_class_embeds`` of the unet (labels lie in [0, num_classes)), None if it has none."""
+        return self.unet.config.get("num_class_embeds")
+
+    def student_times(self, num_inference_steps: int) -> Tensor:
+        """Descending times t_0 > … > t_{N−1} at which the student denoises, (N,) float32.
+
+        t_0 is ``student_t`` (or t_max); the rest are the schedule's ``sampling_times(N)`` grid. Grids that
+        end at the clean end t_min (EDM's) are taken from N + 1 points instead, so no step is spent at
+        t_min, where the re-noised input already is the output.
+        """
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        s, n = self.schedule, num_inference_steps
+        times = s.sampling_times(n)[:n]
+        if n > 1 and times[-1] <= s.t_min * (1 + 1e-6):
+            times = s.sampling_times(n + 1)[:n]
+        times = times.float().clone()
+        if self.config.student_t is not None:
+            times[0] = self.config.student_t
+        if (times.diff() >= 0).any():
+            raise ValueError(f"student_t={self.config.student_t} is not above the next sampling time "
+                             f"{times[1].item():g} for num_inference_steps={n}; pass timesteps explicitly")
+        return times
+
+    # -- inputs -----------------------------------------------------------------------------
+    def check_inputs(self, prompt, class_labels, prompt_embeds, num_images_per_prompt, batch_size,
+                     output_type, height, width, latents) -> None:
+        """Raise a ValueError naming the bad value and the valid ones."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type={output_type!r} is not supported; valid: {', '.join(OUTPUT_TYPES)}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        unet = type(self.unet).__name__
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("pass either prompt or prompt_embeds, not both")
+        if self.conditioning == "text":
+            if prompt is None and prompt_embeds is None:
+                raise ValueError("this unet is text-conditional: pass prompt (str or list of str) or prompt_embeds")
+            if prompt is not None and not isinstance(prompt, str | list | tuple):
+                raise ValueError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
+            missing = [n for n in ("tokenizer", "text_encoder") if getattr(self, n) is None]
+            if prompt is not None and missing:
+                raise ValueError(f"a prompt needs a tokenizer and a text_encoder; this pipeline has no "
+                                 f"{' and no '.join(missing)}: pass prompt_embeds instead")
+            dim = self.unet.config.cross_attention_dim
+            if prompt_embeds is not None and (prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != dim):
+                raise ValueError(f"prompt_embeds must be (B, L, {dim}) for this unet, got {tuple(prompt_embeds.shape)}")
+        elif prompt is not None or prompt_embeds is not None:
+            raise ValueError(f"this {unet} has no cross-attention, it takes no prompt "
+                             f"(conditioning: {self.conditioning or 'none'})")
+
+        n = self.num_classes
+        valid = f"ints in [0, {n})" if n is not None else "per the unet's class_embed_type"
+        if self.takes_class_labels and class_labels is None:
+            raise ValueError(f"this unet is class-conditional: pass class_labels ({valid})")
+        if class_labels is not None and not self.takes_class_labels:
+            raise ValueError(f"this {unet} has no class embedding, it takes no class_labels")
+        if class_labels is not None and n is not None:
+            labels = torch.as_tensor(class_labels).reshape(-1)
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise ValueError(f"class_labels must be integers ({valid}), got {labels.tolist()}")
+            bad = labels[(labels < 0) | (labels >= n)]
+            if bad.numel():
+                raise ValueError(f"class_labels {bad.tolist()} out of range: valid labels are 0..{n - 1} "
+                                 f"(num_class_embeds={n})")
+
+        counts = _condition_counts(prompt, class_labels, prompt_embeds)
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"condition counts differ: {counts}; pass one of each per batch element")
+        if batch_size is not None and counts and next(iter(counts.values())) != batch_size:
+            raise ValueError(f"got {counts} for batch_size={batch_size}: pass one per batch element "
+                             "(or leave batch_size unset)")
+        for name, size in (("height", height), ("width", width)):
+            if size is not None and (size < 1 or size % self.vae_scale_factor):
+                raise ValueError(f"{name}={size} must be a positive multiple of the VAE's downsampling "
+                                 f"factor {self.vae_scale_factor}")
+        if latents is not None and latents.ndim != 4:
+            raise ValueError(f"latents must be (B, C, H, W), got {tuple(latents.shape)}")
+
+    def encode_prompt(self, prompt: str | list[str], device: torch.device, num_images_per_prompt: int = 1) -> Tensor:
+        """CLIP last hidden states for ``prompt``, padded to the tokenizer's max length (as SD1.5):
+        (len(prompt) · num_images_per_prompt, L, D), each prompt's rows consecutive."""
+        inputs = self.tokenizer(_as_list(prompt), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+        mask = inputs.attention_mask.to(device) if use_mask else None
+        embeds = self.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
+        return embeds.repeat_interleave(num_images_per_prompt, dim=0)
+
+    def _condition(self, prompt, class_labels, prompt_embeds, num_images_per_prompt, device, dtype) -> dict:
+        """Keyword arguments of the unet call: ``encoder_hidden_states`` and/or ``class_labels``."""
+        kwargs = {}
+        if prompt is not None:
+            kwargs["encoder_hidden_states"] = self.encode_prompt(prompt, device, num_images_per_prompt)
+        elif prompt_embeds is not None:
+            kwargs["encoder_hidden_states"] = prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, 0)
+        if "encoder_hidden_states" in kwargs:
+            kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].to(dtype)
+        if class_labels is not None:
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(device)
+            kwargs["class_labels"] = labels.repeat_interleave(num_images_per_prompt)
+        return kwargs
+
+    # -- sampling ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        class_labels: int | Sequence[int] | Tensor | None = None,
+        num_images_per_prompt: int = 1,
+        batch_size: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: Tensor | None = None,
+        prompt_embeds: Tensor | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 1,
+        timesteps: Sequence[float] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images with the student.
+
+        Args:
+            prompt: text prompt(s), for a text-conditional unet (needs ``tokenizer`` and ``text_encoder``).
+            class_labels: class label(s) in [0, num_class_embeds), for a class-conditional unet.
+            num_images_per_prompt: images per prompt / class label (for an unconditional unet: multiplies
+                ``batch_size``).
+            batch_size: number of prompts / labels; for an unconditional unet the number of images
+                (default 1). When given with prompts or labels the counts must match.
+            generator: torch generator(s) for the initial noise and the re-noising of multistep sampling;
+                a list gives one generator per image.
+            latents: unit Gaussian noise ε (B, C, h, w) to start from instead of drawing it (in latent space
+                when there is a VAE); the student's input is σ_T ε.
+            prompt_embeds: precomputed text-encoder hidden states (B, L, cross_attention_dim).
+            height, width: output size in pixels (default: the unet's ``sample_size`` times the VAE factor).
+            num_inference_steps: 1 for one-step generation; N > 1 runs multistep consistency sampling
+                (denoise, re-noise x̂0 to the next time with fresh noise, denoise again).
+            timesteps: explicit descending student times (schedule units) overriding ``student_times(N)``.
+            output_type: "pil", "np" (B, H, W, C) in [0, 1], "pt" (B, C, H, W) in [0, 1], or "latent"
+                (the student's raw x̂0 before VAE decoding and denormalisation).
+            return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+
+        Returns:
+            ``ImagePipelineOutput(images=...)`` or ``(images,)``. Single-channel images become PIL "L" images.
+        """
+        self.check_inputs(prompt, class_labels, prompt_embeds, num_images_per_prompt, batch_size, output_type,
+                          height, width, latents)
+        device = self._execution_device
+        dtype = self.unet.dtype
+        schedule = self.schedule
+
+        condition = self._condition(prompt, class_labels, prompt_embeds, num_images_per_prompt, device, dtype)
+        counts = _condition_counts(prompt, class_labels, prompt_embeds)
+        total = next(iter(counts.values()), batch_size or 1) * num_images_per_prompt
+
+        sample_size = self.unet.config.sample_size
+        h0, w0 = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+        h = h0 if height is None else height // self.vae_scale_factor
+        w = w0 if width is None else width // self.vae_scale_factor
+        shape = (total, self.unet.config.in_channels, h, w)
+        if isinstance(generator, list) and len(generator) != total:
+            raise ValueError(f"got {len(generator)} generators for {total} images: pass one per image or a single one")
+        if latents is None:
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents of shape {tuple(latents.shape)} do not match the expected {shape} "
+                             f"({total} images of {shape[1]}×{h}×{w})")
+        else:
+            noise = latents.to(device=device, dtype=dtype)
+
+        if timesteps is None:
+            times = self.student_times(num_inference_steps)
+        else:
+            times = torch.as_tensor(timesteps, dtype=torch.float32).reshape(-1)
+            if times.numel() == 0 or (times.diff() >= 0).any():
+                raise ValueError(f"timesteps must be non-empty and strictly decreasing, got {times.tolist()}")
+        times = times.to(device)
+
+        # schedule arithmetic in at least float32; only the unet sees its own dtype
+        x = self._student_input(schedule, noise.to(torch.promote_types(dtype, torch.float32)), times[0])
+        for i in self.progress_bar(range(len(times))):
+            t = times[i].expand(total)
+            output = call_model(self.unet, schedule.model_input(x, t).to(dtype), schedule.model_time(t),
+                                None, None, **condition)
+            x0 = schedule.to_x0(output.to(x.dtype), x, t)
+            if i + 1 < len(times):
+                fresh = randn_tensor(shape, generator=generator, device=device, dtype=dtype).to(x.dtype)
+                x = schedule.add_noise(x0, fresh, times[i + 1].expand(total))
+
+        if output_type == "latent":
+            images = x0.to(dtype)
+        else:
+            if self.vae is not None:
+                shift = self.vae.config.get("shift_factor") or 0.0
+                z = x0 / self.vae.config.scaling_factor + shift
+                x0 = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+            images = self.image_processor.postprocess(x0, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    @staticmethod
+    def _student_input(schedule: NoiseSchedule, noise: Tensor, t0: Tensor) -> Tensor:
+        """x at the first time t_0: ``schedule.prior(ε)`` at t_max (as in training), else σ_{t_0} ε
+        (the α_{t_0} x0 part is unknown and, at a student's starting time, negligible)."""
+        if abs(t0.item() - schedule.t_max) <= 1e-6 * max(1.0, schedule.t_max):
+            return schedule.prior(noise)
+        _, sigma = schedule.alpha_sigma(t0.to(noise.dtype))
+        return sigma * noise
+
+
+def export_pipeline(unet, schedule: NoiseSchedule, output_dir: str | os.PathLike, vae=None, text_encoder=None,
+                    tokenizer=None, student_t: float | None = None) -> FDistillPipeline:
+    """Wrap a trained student into an :class:`FDistillPipeline` and ``save_pretrained`` it to ``output_dir``.
+
+    ``unet`` must be the unwrapped model (``accelerator.unwrap_model``). The schedule is stored as the
+    matching diffusers scheduler (``scheduler_for``); a schedule the scheduler cannot express raises.
+    """
+    scheduler = scheduler_for(schedule)
+    restored = schedule_from_scheduler(scheduler)
+    if type(restored) is not type(schedule) or restored.prediction_type != schedule.prediction_type:
+        raise ValueError(f"{type(schedule).__name__}(prediction_type={schedule.prediction_type!r}) does not "
+                         f"round-trip through {type(scheduler).__name__} (restored "
+                         f"{type(restored).__name__}, prediction_type={restored.prediction_type!r})")
+    pipe = FDistillPipeline(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+                            tokenizer=tokenizer, student_t=student_t)
+    pipe.save_pretrained(output_dir)
+    return pipe
+
+
+def _as_list(prompt) -> list[str]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def _condition_counts(prompt, class_labels, prompt_embeds) -> dict[str, int]:
+    """How many prompts / prompt embeddings / class labels the call passes (absent ones left out)."""
+    counts = {}
+    if prompt is not None:
+        counts["prompts"] = len(_as_list(prompt))
+    if prompt_embeds is not None:
+        counts["prompt_embeds"] = prompt_embeds.shape[0]
+    if class_labels is not None:
+        counts["class_labels"] = torch.as_tensor(class_labels).reshape(-1).numel()
+    return counts

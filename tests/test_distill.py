@@ -1,0 +1,166 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fdistill.training.config import ConfigError, build, load_config
+from fdistill.training.distill import DistillConfig, distill
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(teacher, out, **kw):
+    data = {
+        "teacher": {"path": str(teacher)},
+        "warmup": {"steps": 1, "ode_pairs": 8, "ode_steps": 2, "batch_size": 4},
+        "steps": 2, "batch_size": 4, "critic_steps": 1, "checkpoint_every": 1, "log_every": 1,
+        "output_dir": str(out), "objective": {"divergence": "js"}, "checkpoints_to_keep": 5,
+    }
+    for k, v in kw.items():
+        node = data
+        *parents, leaf = k.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return build(DistillConfig, data)
+
+
+def student_weights(run: Path, step: int) -> dict:
+    return load_file(str(run / f"checkpoint-{step}" / "student.safetensors"))
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_digits_teacher, tmp_path):
+    full = distill(tiny_config(tiny_digits_teacher, tmp_path / "full", steps=3, export=False))
+    distill(tiny_config(tiny_digits_teacher, tmp_path / "cut", steps=1, export=False))  # "killed" after step 2
+    resumed = distill(tiny_config(tiny_digits_teacher, tmp_path / "cut", steps=3), resume="latest")
+    a, b = student_weights(full, 4), student_weights(resumed, 4)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    ema_a = load_file(str(full / "checkpoint-4" / "ema.safetensors"))
+    ema_b = load_file(str(resumed / "checkpoint-4" / "ema.safetensors"))
+    for k in ema_a:
+        torch.testing.assert_close(ema_a[k], ema_b[k], rtol=0, atol=0)
+    norm = load_file(str(resumed / "checkpoint-4" / "ratio_normalizer.safetensors"))
+    assert norm["seen"].any()  # the ratio normaliser's EMA is checkpointed
+    lines = (resumed / "metrics.jsonl").read_text().splitlines()
+    assert [int(line.split('"step": ')[1].split(",")[0]) for line in lines] == [1, 2, 3, 4]
+    assert (resumed / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "alpha:0.5"])
+def test_every_divergence_is_the_same_trainer(tiny_digits_teacher, tmp_path, divergence):
+    gan = 0.0 if divergence == "reverse_kl" else 1e-3
+    out = distill(tiny_config(tiny_digits_teacher, tmp_path, steps=1, warmup__steps=0, export=False,
+                              objective__divergence=divergence, objective__gan_weight=gan))
+    ckpt = out / "checkpoint-1"
+    assert (ckpt / "discriminator_head.safetensors").is_file() == (divergence != "reverse_kl")
+
+
+def test_exported_pipeline_samples_digits(tiny_digits_teacher, tmp_path):
+    from fdistill.pipelines import FDistillPipeline
+
+    out = distill(tiny_config(tiny_digits_teacher, tmp_path, steps=1))
+    pipe = FDistillPipeline.from_pretrained(out / "pipeline")
+    images = pipe(class_labels=[0, 3], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 16, 16, 1) and images.min() >= 0 and images.max() <= 1
+
+
+def test_bad_configs_stop_with_clear_messages(tiny_digits_teacher, tmp_path):
+    with pytest.raises(ConfigError, match="unknown divergence 'nope'.*jensen_shannon"):
+        tiny_config(tiny_digits_teacher, tmp_path, objective__divergence="nope")
+    with pytest.raises(ConfigError, match="teacher.path .*does not exist"):
+        tiny_config(tmp_path / "missing", tmp_path)
+    with pytest.raises(ConfigError, match="unknown key.*'stepz'"):
+        load_config(DistillConfig, None, ["stepz=3"])
+    with pytest.raises(ConfigError, match="batch_size: expected int"):
+        load_config(DistillConfig, None, ["batch_size=many"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(DistillConfig, tmp_path / "nope.yaml")
+
+
+def test_shape_mismatch_between_teacher_and_data(tmp_path):
+    from diffusers import UNet2DModel
+
+    from fdistill.teachers import export_teacher_asset  # noqa: F401  (asset layout documented there)
+
+    model = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4, num_class_embeds=11)
+    folder = tmp_path / "teacher"
+    model.save_pretrained(folder / "model")
+    (folder / "teacher.json").write_text('{"model_class": "UNet2DModel", "schedule": {"name": "edm", "kwargs": {}},'
+                                         ' "num_classes": 10, "null_label": 10, "label_embedding": null}')
+    with pytest.raises(ValueError, match=r"digits are \(1, 16, 16\) but the teacher samples \(1, 8, 8\)"):
+        distill(tiny_config(folder, tmp_path / "run"))
+
+
+def test_nan_loss_stops_and_keeps_checkpoints(tiny_digits_teacher, tmp_path, monkeypatch):
+    from fdistill.objective import FDistillObjective
+
+    out = tmp_path / "run"
+    distill(tiny_config(tiny_digits_teacher, out, steps=1, export=False))
+    monkeypatch.setattr(FDistillObjective, "generator_loss",
+                        lambda self, x0, c=None, generator=None: ((x0 * float("nan")).mean(), {}))
+    with pytest.raises(FloatingPointError, match="non-finite generator loss at step 2"):
+        distill(tiny_config(tiny_digits_teacher, out, steps=2), resume="latest")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert not any(torch.isnan(v).any() for v in student_weights(out, 2).values())
+
+
+def test_text_conditioned_teacher_exports_text_to_image(tmp_path):
+    from fdistill.models.tiny_sd import tiny_sd_components
+    from fdistill.pipelines import FDistillPipeline
+
+    teacher = tmp_path / "sd"
+    for name, comp in tiny_sd_components().items():
+        comp.save_pretrained(teacher / name)
+    cfg = build(DistillConfig, {
+        "teacher": {"kind": "pipeline", "path": str(teacher), "feature_modules": ["mid_block"]},
+        "data": {"name": "teacher_samples", "num_samples": 4, "sample_steps": 2, "prompts": ["a red square", "a cat"]},
+        "objective": {"divergence": "js", "guidance_scale": 1.75},
+        "warmup": {"steps": 1, "ode_pairs": 4, "ode_steps": 2, "batch_size": 2},
+        "steps": 1, "batch_size": 2, "critic_steps": 1, "checkpoint_every": 10, "output_dir": str(tmp_path / "run"),
+    })
+    out = distill(cfg)
+    pipe = FDistillPipeline.from_pretrained(out / "pipeline")
+    assert pipe.text_encoder is not None and pipe.vae is not None
+    images = pipe(prompt="a cat", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0),
+                  output_type="np").images
+    assert images.shape == (2, 16, 16, 3) and (images >= 0).all()
+
+
+DIST_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from fdistill.training.config import build
+from fdistill.training.distill import DistillConfig, distill
+from fdistill.density_ratio import RatioNormalizer, normalize_weights
+import torch.distributed as dist
+out = distill(build(DistillConfig, {{"teacher": {{"path": {teacher!r}}}, "warmup": {{"steps": 1, "ode_pairs": 8,
+    "ode_steps": 2, "batch_size": 4}}, "steps": 2, "batch_size": 4, "critic_steps": 1, "checkpoint_every": 1,
+    "output_dir": {out!r}, "objective": {{"divergence": "fkl"}}}}))
+rank = dist.get_rank()
+norm = RatioNormalizer(num_bins=2, decay=0.0)
+norm.update(torch.tensor([1.0 + rank * 2]), torch.tensor([0.1]))
+h = normalize_weights(torch.tensor([1.0 + rank]))
+print(f"RANK{{rank}} ema={{norm.ema.tolist()}} h={{h.item():.6f}}", flush=True)
+"""
+
+
+def test_two_cpu_processes_with_gloo(tiny_digits_teacher, tmp_path):
+    script = tmp_path / "dist_run.py"
+    script.write_text(DIST_SCRIPT.format(tests=str(ROOT / "tests"), teacher=str(tiny_digits_teacher),
+                                         out=str(tmp_path / "run")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", str(script)], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    # all-reduced statistics: both ranks see the mean of r over ranks (1 and 3 → 2) and the global mean of h
+    assert "RANK0 ema=[2.0, 1.0] h=0.666667" in res.stdout and "RANK1 ema=[2.0, 1.0] h=1.333333" in res.stdout
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()

@@ -1,0 +1,336 @@
+"""Train a tiny class-conditional diffusion teacher (digits UNet or moving-digits Wan transformer).
+
+One loss for every schedule: x_t = α_t x0 + σ_t ε, x̂0 = schedule.to_x0(F(model_input, model_time)),
+L = E_t[λ(t) ‖x̂0 − x0‖²] with λ = ``schedule.x0_loss_weight`` (``loss_weighting: schedule``, EDM's
+weighting for EDM) or λ = 1/σ_t² (``velocity``: exactly the velocity MSE ‖v̂ − (ε − x0)‖² of flow
+matching). Labels are replaced by ``null_label = num_classes`` with probability
+``label_dropout`` so the teacher also learns the unconditional model classifier-free guidance needs.
+
+Every random draw of step s comes from a generator seeded by (seed, s, micro-batch, rank), so a run
+resumed from a checkpoint sees the same batches, times and noise as an uninterrupted one.
+
+CLI: ``fdistill train-teacher --config configs/digits_teacher.yaml [key=value ...] [--resume latest]``
+or ``python -m fdistill.training.teacher`` with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fdistill.losses import denoising_loss
+from fdistill.schedules import SCHEDULES, NoiseSchedule, get_schedule
+from fdistill.teachers import LabelEmbedding, model_class
+
+from .checkpoint import atomic_write_text, load_checkpoint, resolve_resume, save_checkpoint
+from .config import ConfigError, load_config, save_config
+
+MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel"}
+DATASETS = ("digits", "moving_digits")
+LOSS_WEIGHTINGS = ("schedule", "velocity")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class ModelConfig:
+    """The diffusers model: ``kind`` picks the class, ``config`` is its constructor config.
+
+    ``label_tokens`` (wan only): tokens of the label embedding fed as ``encoder_hidden_states``.
+    """
+
+    kind: str = "unet2d"
+    config: dict = field(default_factory=dict)
+    label_tokens: int = 1
+
+    def __post_init__(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"model.kind {self.kind!r} unknown; valid: {', '.join(MODEL_KINDS)}")
+        if self.label_tokens < 1:
+            raise ValueError(f"model.label_tokens must be >= 1, got {self.label_tokens}")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "edm"
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.name not in SCHEDULES:
+            raise ValueError(f"schedule.name {self.name!r} unknown; valid: {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class DataConfig:
+    """``name``: ``digits`` (kwargs: split) or ``moving_digits`` (kwargs of ``MovingDigits``)."""
+
+    name: str = ""
+    kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError(f"data.name is required; valid: {', '.join(DATASETS)}")
+        if self.name not in DATASETS:
+            raise ValueError(f"data.name {self.name!r} unknown; valid: {', '.join(DATASETS)}")
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    num_classes: int = 10
+    label_dropout: float = 0.1
+    loss_weighting: str = "schedule"
+    batch_size: int = 128
+    steps: int = 1500
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"
+    gradient_accumulation_steps: int = 1
+    checkpoint_every: int = 250
+    checkpoints_to_keep: int = 2
+    log_every: int = 25
+    output_dir: str = "runs/teacher"
+    seed: int = 0
+    num_threads: int = 0
+
+    def __post_init__(self):
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting {self.loss_weighting!r} unknown; valid: {', '.join(LOSS_WEIGHTINGS)}")
+        if self.loss_weighting == "velocity" and self.schedule.name != "flow":
+            raise ValueError("loss_weighting=velocity is the flow-matching loss; it needs schedule.name=flow")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("num_classes", "batch_size", "steps", "gradient_accumulation_steps",
+                     "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("need lr > 0, warmup_steps >= 0 and grad_clip >= 0 (0 disables clipping)")
+
+
+class TeacherNet(nn.Module):
+    """The diffusers model plus (wan) its label embedding; ``forward(sample, timestep, labels)``."""
+
+    def __init__(self, model: nn.Module, label_embedding: LabelEmbedding | None):
+        super().__init__()
+        self.model, self.label_embedding = model, label_embedding
+
+    def forward(self, sample: Tensor, timestep: Tensor, labels: Tensor) -> Tensor:
+        if self.label_embedding is None:
+            return self.model(sample, timestep, class_labels=labels).sample
+        return self.model(sample, timestep, encoder_hidden_states=self.label_embedding(labels)).sample
+
+
+def build_teacher_net(config: TeacherConfig) -> TeacherNet:
+    cls = model_class(MODEL_KINDS[config.model.kind])
+    model_config = dict(config.model.config)
+    label_embedding = None
+    if config.model.kind == "unet2d":
+        expected = config.num_classes + 1
+        if model_config.setdefault("num_class_embeds", expected) != expected:
+            raise ConfigError(f"model.config.num_class_embeds must be num_classes + 1 = {expected} "
+                              "(the extra class is the null label of classifier-free guidance)")
+    try:
+        model = cls.from_config(model_config)
+    except TypeError as e:
+        raise ConfigError(f"model.config does not fit {cls.__name__}: {e}") from e
+    if config.model.kind == "wan":
+        label_embedding = LabelEmbedding(config.num_classes, model.config.text_dim, config.model.label_tokens)
+    return TeacherNet(model, label_embedding)
+
+
+class _BatchSource:
+    """Draws a training batch (x0, labels) with an explicit generator."""
+
+    def __init__(self, data: DataConfig):
+        if data.name == "digits":
+            from fdistill.data.digits import load_digits_tensors
+
+            self.images, self.labels = load_digits_tensors(**data.kwargs)
+            self.dataset = None
+            self.size = len(self.labels)
+        else:
+            from fdistill.data.moving_digits import MovingDigits
+
+            self.dataset = MovingDigits(**data.kwargs)
+            self.size = len(self.dataset)
+
+    def __call__(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        index = torch.randint(self.size, (batch_size,), generator=generator)
+        if self.dataset is None:
+            return self.images[index], self.labels[index]
+        items = [self.dataset[int(i)] for i in index]
+        return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
+
+
+def _generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    # distinct, reproducible stream per (seed, step, micro-batch, rank)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
+
+
+def teacher_loss(net: nn.Module, schedule: NoiseSchedule, x0: Tensor, labels: Tensor, t: Tensor,
+                 noise: Tensor, weighting: str = "schedule") -> Tensor:
+    """E[λ(t) ‖x̂0(x_t, t) − x0‖²] for one batch; x0 (B, C, ...) and t (B,)."""
+    x_t = schedule.add_noise(x0, noise, t)
+    out = net(schedule.model_input(x_t, t), schedule.model_time(t), labels)
+    x0_hat = schedule.to_x0(out.float(), x_t, t)
+    if weighting == "velocity":
+        weight = 1.0 / schedule.alpha_sigma(t)[1] ** 2
+    else:
+        weight = schedule.x0_loss_weight(t)
+    return denoising_loss(x0_hat, x0, weight)
+
+
+def _teacher_metadata(config: TeacherConfig, net: TeacherNet) -> dict[str, Any]:
+    return {
+        "model_class": type(net.model).__name__,
+        "schedule": {"name": config.schedule.name, "kwargs": dict(config.schedule.kwargs)},
+        "num_classes": config.num_classes,
+        "null_label": config.num_classes,
+        "label_embedding": net.label_embedding.config() if net.label_embedding is not None else None,
+        "data": {"name": config.data.name, "kwargs": dict(config.data.kwargs)},
+        "loss_weighting": config.loss_weighting,
+        "parameters": sum(p.numel() for p in net.parameters()),
+    }
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Path:
+    """Train, checkpoint every ``checkpoint_every`` steps, and save the EMA teacher.
+
+    Writes into ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``checkpoint-<step>/``,
+    and at the end ``model/`` (EMA weights, ``save_pretrained``), ``teacher.json`` and, for wan,
+    ``label_embedding.safetensors``. Returns ``output_dir``.
+    """
+    from accelerate import Accelerator
+    from diffusers.training_utils import EMAModel
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    out = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    torch.manual_seed(config.seed)
+    schedule = get_schedule(config.schedule.name, **config.schedule.kwargs)
+    net = build_teacher_net(config)
+    source = _BatchSource(config.data)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(config.warmup_steps, 1)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    ema = EMAModel(net.parameters(), decay=config.ema_decay)
+    net, optimizer, lr_schedule = accelerator.prepare(net, optimizer, lr_schedule)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+
+    metrics_path = out / "metrics.jsonl"
+    start = 0
+    ckpt = resolve_resume(resume, out)
+    if ckpt is not None:
+        start = int(load_checkpoint(accelerator, ckpt)["step"])
+        ema.to(accelerator.device)
+        if accelerator.is_main_process:
+            _truncate_metrics(metrics_path, start)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+
+    device, rank = accelerator.device, accelerator.process_index
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher",
+               disable=not accelerator.is_local_main_process)
+    window: list[float] = []
+    tic = time.perf_counter()
+    net.train()
+    for step in bar:
+        for micro in range(config.gradient_accumulation_steps):
+            g = _generator(config.seed, step, micro, rank)
+            x0, labels = source(config.batch_size, g)
+            drop = torch.rand(labels.shape, generator=g) < config.label_dropout
+            labels = torch.where(drop, torch.full_like(labels, config.num_classes), labels)
+            t = schedule.sample_training_t(config.batch_size, generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            x0, labels, t, noise = (v.to(device) for v in (x0, labels, t, noise))
+            with accelerator.accumulate(net), accelerator.autocast():
+                loss = teacher_loss(net, schedule, x0, labels, t, noise, config.loss_weighting)
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and config.grad_clip > 0:
+                    grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
+                optimizer.step()
+                lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+            window.append(accelerator.gather(loss.detach()[None]).mean().item())
+        ema.step(accelerator.unwrap_model(net).parameters())
+        bar.set_postfix(loss=f"{window[-1]:.4f}")
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - tic
+            record = {"step": done, "loss": sum(window) / len(window), "lr": lr_schedule.get_last_lr()[0],
+                      "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "sec_per_step": elapsed * config.gradient_accumulation_steps / len(window)}
+            window, tic = [], time.perf_counter()
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_checkpoint(accelerator, out, done, {}, keep=config.checkpoints_to_keep)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = build_teacher_net(config)
+        ema.copy_to(final.parameters())
+        final.model.save_pretrained(out / "model", safe_serialization=True)
+        if final.label_embedding is not None:
+            save_file({k: v.contiguous() for k, v in final.label_embedding.state_dict().items()},
+                      str(out / "label_embedding.safetensors"))
+        atomic_write_text(out / "teacher.json", json.dumps(_teacher_metadata(config, final), indent=1) + "\n")
+    accelerator.wait_for_everyone()
+    return out
+
+
+def train_teacher_from_cli(config_path: str | Path | None, overrides: Sequence[str] = (),
+                           resume: str | None = None) -> Path:
+    """Entry point for ``fdistill train-teacher``: load the YAML config + overrides and train."""
+    return train_teacher(load_config(TeacherConfig, config_path, overrides), resume=resume)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="fdistill train-teacher", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML file, e.g. configs/digits_teacher.yaml")
+    parser.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=2000 schedule.kwargs.shift=3")
+    args = parser.parse_args(argv)
+    try:
+        out = train_teacher_from_cli(args.config, args.overrides, args.resume)
+    except ConfigError as e:
+        parser.error(str(e))
+    print(f"teacher saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
