@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", default=None, help="write the JSON report here too")
     p.set_defaults(fn=_eval)
+
+    from fdistill import video_cli  # argparse only at import; torch loads when a command runs
+
+    video_cli.add_sample_video_arguments(sub.add_parser("sample-video", help="sample a HiAR video pipeline"))
+    sub.choices["sample-video"].set_defaults(fn=video_cli.sample_video_main)
+    video_cli.add_eval_video_arguments(sub.add_parser("eval-video", help="VBench-style metrics of videos"))
+    sub.choices["eval-video"].set_defaults(fn=video_cli.eval_video_main)
     return parser
 
 

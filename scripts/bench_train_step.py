@@ -32,8 +32,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--report", default=str(ROOT / "reports/bench_train_step.json"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     times: dict[str, list[float]] = {d: [] for d in args.divergences}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):

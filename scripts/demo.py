@@ -30,8 +30,10 @@ def main() -> None:
     ap.add_argument("--output", default=str(ROOT / "outputs/demo"))
     ap.add_argument("--num-samples", type=int, default=None, help="FID samples (default: as the teacher's record)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. objective.divergence=fkl steps=100")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     out = Path(args.output)
     if not DIGITS_TEACHER.is_file():
         raise SystemExit(f"the shipped teacher {DIGITS_TEACHER} is missing: run scripts/train_teachers.sh digits")

@@ -65,8 +65,10 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "outputs/digits_study"))
     ap.add_argument("--report", default=str(ROOT / "reports/digits.json"))
     ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     work, reports = Path(args.work), Path(args.report).parent
     reports.mkdir(parents=True, exist_ok=True)
     base = load_config(DistillConfig, args.config, args.overrides)

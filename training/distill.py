@@ -17,124 +17,24 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fdistill.denoisers import Denoiser
-from fdistill.divergences import get_divergence
 from fdistill.models.discriminator import FeatureDiscriminator
-from fdistill.objective import FDistillObjective, ObjectiveConfig
+from fdistill.objective import FDistillObjective
 from fdistill.schedules import NoiseSchedule
 
 from .checkpoint import atomic_write_text, load_checkpoint, resolve_resume, save_checkpoint
 from .config import load_config, save_config
+from .distill_config import DataSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
 from .distributed import assert_replicas_agree, sync_gradients
+from .sources import RealData, Teacher, load_teacher_for, ode_pairs
 
-TEACHER_KINDS = ("asset", "pipeline")
-DATA_NAMES = ("digits", "teacher_samples")
-FEATURE_SOURCES = ("teacher", "fake")
-PRECISIONS = ("no", "fp16", "bf16")
-
-
-@dataclass
-class TeacherSpec:
-    """Where the teacher comes from: a shipped/trained teacher asset (``asset``, default: the digits
-    teacher) or a diffusers pipeline folder with ``unet``/``scheduler`` [``vae``/``text_encoder``/
-    ``tokenizer``] (``pipeline``: SD1.5-shaped, loaded from a local path)."""
-
-    kind: str = "asset"
-    path: str | None = None
-    feature_modules: list[str] = field(default_factory=lambda: ["mid_block"])
-    feature_source: str = "teacher"
-
-    def __post_init__(self):
-        if self.kind not in TEACHER_KINDS:
-            raise ValueError(f"teacher.kind {self.kind!r} is not one of {TEACHER_KINDS}")
-        if self.feature_source not in FEATURE_SOURCES:
-            raise ValueError(f"teacher.feature_source {self.feature_source!r} is not one of {FEATURE_SOURCES}")
-        if self.kind == "pipeline" and not self.path:
-            raise ValueError("teacher.kind 'pipeline' needs teacher.path (a local diffusers pipeline folder)")
-        if self.path is not None and not Path(self.path).exists():
-            raise ValueError(f"teacher.path {self.path!r} does not exist")
-
-
-@dataclass
-class DataSpec:
-    """Real samples for the discriminator and conditions for the student.
-
-    ``digits``: the embedded digits (labels 0–9). ``teacher_samples``: a pool of ``num_samples``
-    teacher samples (``sample_steps`` reference steps) for teachers without a dataset at hand,
-    conditioned on ``prompts`` for text models.
-    """
-
-    name: str = "digits"
-    num_samples: int = 256
-    sample_steps: int = 18
-    prompts: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        if self.name not in DATA_NAMES:
-            raise ValueError(f"data.name {self.name!r} is not one of {DATA_NAMES}")
-
-
-@dataclass
-class WarmupSpec:
-    steps: int = 0
-    ode_pairs: int = 2000
-    ode_steps: int = 18
-    lr: float = 1e-3
-    batch_size: int = 128
-
-
-@dataclass
-class OptimSpec:
-    lr_generator: float = 1e-5
-    lr_critic: float = 1e-5
-    beta1: float = 0.0
-    beta2: float = 0.999
-    grad_clip: float = 10.0
-
-
-@dataclass
-class DistillConfig:
-    teacher: TeacherSpec = field(default_factory=TeacherSpec)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    data: DataSpec = field(default_factory=DataSpec)
-    warmup: WarmupSpec = field(default_factory=WarmupSpec)
-    optim: OptimSpec = field(default_factory=OptimSpec)
-    steps: int = 1000
-    batch_size: int = 64
-    critic_steps: int = 5
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 200
-    checkpoints_to_keep: int = 2
-    log_every: int = 10
-    disc_hidden: int = 64
-    output_dir: str = "outputs/distill"
-    export: bool = True
-    seed: int = 0
-    num_threads: int = 0
-
-    def __post_init__(self):
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision {self.mixed_precision!r} is not one of {PRECISIONS}")
-        for name in ("steps", "batch_size", "critic_steps", "gradient_accumulation_steps", "checkpoint_every",
-                     "log_every"):
-            if getattr(self, name) < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        get_divergence(self.objective.divergence)
-
-    @property
-    def total_steps(self) -> int:
-        return self.warmup.steps + self.steps
+__all__ = ["DataSpec", "DistillConfig", "OneStepGenerator", "OptimSpec", "TeacherSpec", "WarmupSpec", "distill",
+           "distill_from_cli", "export_student"]
 
 
 class OneStepGenerator(nn.Module):
@@ -150,133 +50,9 @@ class OneStepGenerator(nn.Module):
         return self.denoiser(s.prior(z), t, condition, guidance_scale=1.0)
 
 
-@dataclass
-class Teacher:
-    """Everything the trainer needs from a teacher."""
-
-    denoiser: Denoiser
-    sample_shape: tuple[int, ...]
-    conditions: Any  # draw(batch, generator) -> condition tensor (labels or prompt embeddings)
-    components: dict[str, Any] = field(default_factory=dict)  # vae / text_encoder / tokenizer to export
-
-
 def _generator(seed: int, step: int, micro: int, rank: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(((((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank) * 7) + stream)
 
-
-def load_teacher_for(spec: TeacherSpec, guidance_scale: float, device: torch.device, prompts: list[str]) -> Teacher:
-    """Build the frozen teacher Denoiser and the condition sampler for ``spec``."""
-    if spec.kind == "asset":
-        from fdistill.teachers import load_digits_teacher
-
-        den = load_digits_teacher(spec.path, guidance_scale=guidance_scale, feature_modules=spec.feature_modules,
-                                  device=device)
-        cfg = den.model.config
-        num_classes = den.num_classes
-
-        def draw(batch: int, g: torch.Generator) -> Tensor:
-            return torch.randint(num_classes, (batch,), generator=g).to(device)
-
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
-        return Teacher(den, (cfg.in_channels, size, size), draw)
-    return _load_pipeline_teacher(spec, guidance_scale, device, prompts)
-
-
-def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: torch.device,
-                           prompts: list[str]) -> Teacher:
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    from fdistill.schedules import schedule_from_scheduler
-
-    root = Path(spec.path)
-    for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
-        if not (root / sub).is_dir():
-            raise ValueError(f"teacher pipeline {root} has no {sub!r} folder (expected an SD-style layout)")
-    if not prompts:
-        raise ValueError("a text-conditioned teacher needs data.prompts")
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_pretrained(root, subfolder="scheduler")
-    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet").to(device).requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").to(device).requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae") if (root / "vae").is_dir() else None
-
-    @torch.no_grad()
-    def encode(texts: list[str]) -> Tensor:
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        return text_encoder(ids)[0]
-
-    table, null = encode(prompts), encode([""])
-    den = Denoiser(unet, schedule_from_scheduler(scheduler), "encoder_hidden_states", guidance_scale, null,
-                   spec.feature_modules).eval()
-
-    def draw(batch: int, g: torch.Generator) -> Tensor:
-        return table[torch.randint(len(prompts), (batch,), generator=g).to(device)]
-
-    size = unet.config.sample_size
-    size = size if isinstance(size, int) else tuple(size)[0]
-    return Teacher(den, (unet.config.in_channels, size, size), draw,
-                   {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler})
-
-
-class RealData:
-    """Real samples x0 and their conditions for the discriminator."""
-
-    def __init__(self, config: DistillConfig, teacher: Teacher, device: torch.device):
-        self.device = device
-        if config.data.name == "digits":
-            from fdistill.data.digits import load_digits_tensors
-
-            x, y = load_digits_tensors("train")
-            if tuple(x.shape[1:]) != teacher.sample_shape:
-                raise ValueError(f"digits are {tuple(x.shape[1:])} but the teacher samples {teacher.sample_shape}")
-            self.x, self.c = x.to(device), y.to(device)
-        else:
-            g = torch.Generator().manual_seed(config.seed + 12345)
-            n, xs, cs = config.data.num_samples, [], []
-            for i in range(0, n, config.batch_size):
-                b = min(config.batch_size, n - i)
-                c = teacher.conditions(b, g)
-                z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
-                xs.append(teacher.denoiser.schedule.sample(lambda x, t, c=c: teacher.denoiser(x, t, c), z,
-                                                           config.data.sample_steps))
-                cs.append(c)
-            self.x, self.c = torch.cat(xs), torch.cat(cs)
-
-    def __call__(self, batch: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        i = torch.randint(self.x.shape[0], (batch,), generator=g).to(self.device)
-        return self.x[i], self.c[i]
-
-
-def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.device, cache: Path | None,
-              batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
-    """(z, condition, teacher sample) triples from the teacher's reference sampler; cached on disk."""
-    from safetensors.torch import load_file, save_file
-
-    if cache is not None and cache.is_file():
-        d = load_file(str(cache))
-        if d["z"].shape[0] == spec.ode_pairs:
-            return d["z"].to(device), d["c"].to(device), d["x"].to(device)
-    g = torch.Generator().manual_seed(seed + 777)
-    zs, cs, xs = [], [], []
-    den = teacher.denoiser
-    for i in range(0, spec.ode_pairs, batch_size):
-        b = min(batch_size, spec.ode_pairs - i)
-        c = teacher.conditions(b, g)
-        z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
-        xs.append(den.schedule.sample(lambda x, t, c=c: den(x, t, c), z, spec.ode_steps))
-        zs.append(z)
-        cs.append(c)
-    z, c, x = torch.cat(zs), torch.cat(cs), torch.cat(xs)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        save_file({"z": z.cpu().contiguous(), "c": c.cpu().contiguous(), "x": x.cpu().contiguous()}, str(tmp))
-        tmp.replace(cache)
-    return z, c, x
 
 
 def _check_finite(loss: Tensor, what: str, step: int, logs: dict, out: Path) -> None:

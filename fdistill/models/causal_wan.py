@@ -31,7 +31,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from diffusers import WanTransformer3DModel
+
+# diffusers' pipeline loader finds a component's loadable base class by name in its module
+from diffusers import ModelMixin, WanTransformer3DModel  # noqa: F401
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils import apply_lora_scale

@@ -1,0 +1,481 @@
+"""The HiAR cell and the single-process schedules over it (DESIGN.md, "HiAR: one cell, several schedules").
+
+A video is N blocks of F latent frames; the student denoises at K times t_0 > … > t_{K−1}, and
+t_K = 0. The unit of work is the **cell (k, b)**: block b's latent x_b^k at t_k is denoised against
+the KV cache of step k, giving x̂0; it is re-noised to t_{k+1} (fresh noise ε(k, b) from the
+:class:`NoiseBank`, or a DDIM/ODE step), x_b^{k+1}; and, when later cells read it, x_b^{k+1} is
+written into that cache by a forward at t_{k+1} (at the last step: x̂0 at t = 0).
+
+Which cache a cell reads is all that tells the orders apart:
+
+- step-first orders (hierarchical, wavefront, pipelined) keep one cache per step. With
+  ``context="next"`` (HiAR's released code) step k's cache holds earlier blocks at t_{k+1}, written
+  by the cell itself after the re-noise; with ``context="same"`` it holds them at t_k, which is
+  exactly the denoise forward's own input, so the denoise forward writes it and no write forward is
+  needed (K forwards per block instead of 2K).
+- sequential (Self-Forcing / CausVid order) has one cache of clean outputs that every step reads;
+  only the last step writes.
+
+Cell (k, b) needs (k, b − 1) (the cache) and (k − 1, b) (its input), so ``hierarchical`` (for k:
+for b) and ``wavefront`` (all cells with k + b = s in one batched forward) compute the same video;
+``hiar_parallel`` runs the same cells with rank k owning step k.
+
+Fused write: a write forward of block b is always followed by the denoise of block b + 1 against
+the same cache, so with ``fused=True`` the write is deferred and prepended to that forward (per-frame
+timesteps, ``cache_write_frames`` = F). Block-causal attention makes this exact. It removes the
+K·(N − 1) write forwards of ``context="next"`` (N − 1 for sequential; nobody reads the last block's
+writes, so they are skipped either way); the written frames still pass through the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fdistill.models.causal_wan import (
+    CausalWanTransformer3DModel,
+    _framewise_block,
+    _modulate,
+    _SelfAttentionContext,
+)
+from fdistill.models.kv_cache import KVCache
+from fdistill.schedules import NoiseSchedule
+
+ORDERS: tuple[str, ...] = ("sequential", "hierarchical", "wavefront", "pipelined")
+CONTEXTS: tuple[str, ...] = ("next", "same")
+RENOISE_MODES: tuple[str, ...] = ("noise", "ode")
+
+Order = Literal["sequential", "hierarchical", "wavefront", "pipelined"]
+Cell = tuple[int, int]  # (k, b): step k of block b
+
+__all__ = [
+    "CONTEXTS",
+    "ORDERS",
+    "RENOISE_MODES",
+    "HiARCells",
+    "HiARPlan",
+    "NoiseBank",
+    "cell_waves",
+    "check_order",
+    "denoising_times",
+    "generate_video",
+    "run_cells",
+]
+
+
+def check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(ORDERS)}")
+
+
+def denoising_times(schedule: NoiseSchedule, steps: int | Sequence[float]) -> tuple[float, ...]:
+    """The cell grid's times (t_0, …, t_{K−1}, 0) in schedule units.
+
+    ``steps`` is K (the schedule's ``sampling_times(K)``) or a list of training timesteps such as
+    [1000, 750, 500, 250] (Self-Forcing's ``denoising_step_list``), read as t = step / 1000 and
+    warped by the flow-matching ``shift`` as Self-Forcing's ``warp_denoising_step`` does.
+    """
+    if isinstance(steps, int):
+        if steps < 1:
+            raise ValueError(f"denoising_steps must be >= 1, got {steps}")
+        times = schedule.sampling_times(steps)
+    else:
+        raw = torch.as_tensor(list(steps), dtype=torch.float64).reshape(-1)
+        if raw.numel() == 0 or (raw.diff() >= 0).any() or raw.min() <= 0 or raw.max() > 1000:
+            raise ValueError(f"denoising_steps must be decreasing timesteps in (0, 1000], got {list(steps)}")
+        t = raw / 1000
+        times = torch.cat([schedule.shift_t(t) if hasattr(schedule, "shift_t") else t, torch.zeros(1)])
+    return tuple(float(t) for t in times)
+
+
+@dataclass(frozen=True)
+class HiARPlan:
+    """Everything that fixes the cell grid of one video, apart from the weights and the condition.
+
+    Args:
+        times: (t_0, …, t_{K−1}, 0), decreasing, schedule units (see :func:`denoising_times`).
+        num_blocks: N, blocks per video.
+        frames_per_block: F, latent frames per block.
+        window: attention window W in latent frames (None: all earlier frames); caches keep W − F frames.
+        context: level of the step-first orders' context: "next" (t_{k+1}) or "same" (t_k).
+        renoise: "noise" (x̂0 re-noised with the bank's ε(k, b)) or "ode" (DDIM step from x_b^k).
+        fused: prepend each write forward to the next denoise forward on the same cache.
+        attention_backend: ``fdistill.kernels`` backend for block-causal attention.
+    """
+
+    times: tuple[float, ...]
+    num_blocks: int
+    frames_per_block: int
+    window: int | None = None
+    context: str = "next"
+    renoise: str = "noise"
+    fused: bool = True
+    attention_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        t = self.times
+        if len(t) < 2 or t[-1] != 0 or any(a <= b for a, b in zip(t, t[1:], strict=False)):
+            raise ValueError(f"times must decrease strictly to a final 0, got {t}")
+        if self.num_blocks < 1 or self.frames_per_block < 1:
+            raise ValueError(f"need num_blocks >= 1 and frames_per_block >= 1, got {self.num_blocks}, "
+                             f"{self.frames_per_block}")
+        if self.window is not None and self.window < self.frames_per_block:
+            raise ValueError(f"window={self.window} is smaller than a block (frames_per_block="
+                             f"{self.frames_per_block}): the window must hold at least one whole block")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"unknown context {self.context!r}; valid: {', '.join(CONTEXTS)}")
+        if self.renoise not in RENOISE_MODES:
+            raise ValueError(f"unknown renoise {self.renoise!r}; valid: {', '.join(RENOISE_MODES)}")
+
+    @property
+    def num_steps(self) -> int:
+        """K."""
+        return len(self.times) - 1
+
+
+def _cell_seed(seed: int, index: int, block: int) -> int:
+    """A 63-bit seed for draw ``index`` of ``block``, independent across (index, block)."""
+    return int(np.random.SeedSequence([seed, index, block]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class NoiseBank:
+    """Seeded Gaussian noise per cell, identical for every order and every process that asks for it.
+
+    ``initial(b)`` is block b's ε at t_0 (or the matching frames of ``latents``); ``renoise(k, b)`` is
+    the ε that re-noises cell (k, b)'s x̂0 to t_{k+1}. Each draw has its own generator seeded by
+    (seed, k, b), so nothing is stored and no draw depends on the order of the others.
+
+    Args:
+        seed: non-negative integer.
+        block_shape: (B, C, F, H, W) of one block.
+        latents: optional (B, C, N·F, H, W) initial noise replacing the ``initial`` draws.
+    """
+
+    def __init__(self, seed: int, block_shape: Sequence[int], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, latents: Tensor | None = None) -> None:
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.seed, self.block_shape = int(seed), tuple(block_shape)
+        self.device, self.dtype = torch.device(device), dtype
+        self.latents = latents
+
+    def _draw(self, index: int, block: int) -> Tensor:
+        g = torch.Generator(device=self.device).manual_seed(_cell_seed(self.seed, index, block))
+        return torch.randn(self.block_shape, generator=g, device=self.device).to(self.dtype)
+
+    def initial(self, b: int) -> Tensor:
+        if self.latents is None:
+            return self._draw(0, b)
+        f = self.block_shape[2]
+        return self.latents[:, :, b * f : (b + 1) * f].to(self.device, self.dtype)
+
+    def renoise(self, k: int, b: int) -> Tensor:
+        return self._draw(k + 1, b)
+
+
+@dataclass
+class CellForward:
+    """One model input of the grid: latent frames [frame_offset, frame_offset + f) against ``cache``.
+
+    x: (B, C, f, H, W); t: (B, f) model timesteps; the first ``write_frames`` frames are stored in
+    ``cache`` after the forward (a deferred write of the previous block, or the block itself).
+    """
+
+    x: Tensor
+    t: Tensor
+    frame_offset: int
+    cache: KVCache
+    write_frames: int = 0
+
+
+class HiARCells:
+    """The N × K cells of one batch of videos and the state that flows between them.
+
+    A schedule calls ``request(k, b)`` for the forward a cell needs, runs it with ``forward`` (one
+    forward for a whole list: the wavefront batches different blocks, steps and caches), and hands
+    the output to ``finish(k, b, out)``, which re-noises and returns the write forwards to run
+    (none when fused). Cell inputs come from the noise bank (k = 0), from ``finish`` of (k − 1, b),
+    or from ``put`` (another process); finished blocks go to ``on_block(b, x0)`` or ``outputs``.
+
+    Args:
+        model: the causal student.
+        schedule: its noise schedule (x̂0 from the output, re-noising, DDIM steps).
+        plan: the grid (:class:`HiARPlan`).
+        condition: (B, S, D) ``encoder_hidden_states``.
+        bank: the noise bank.
+        clean_context: one cache of clean outputs read by every step (the sequential order).
+        on_block: called with (b, x̂0 (B, C, F, H, W)) when block b is finished; default: kept in
+            ``outputs``.
+    """
+
+    def __init__(self, model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan,
+                 condition: Tensor, bank: NoiseBank, *, clean_context: bool = False,
+                 on_block: Callable[[int, Tensor], None] | None = None) -> None:
+        self.model, self.schedule, self.plan = model, schedule, plan
+        self.condition, self.bank, self.clean_context = condition, bank, clean_context
+        self.on_block = on_block
+        self.outputs: dict[int, Tensor] = {}
+        self.num_forwards = 0  # model calls (a batched wave is one)
+        self.frames_processed = 0  # latent frames through the model, per video (the compute, padding aside)
+        self._caches: dict[int, KVCache] = {}
+        self._pending: dict[int, tuple[Tensor, float, int]] = {}  # cache key -> deferred write (x, t, offset)
+        self._inputs: dict[Cell, Tensor] = {}
+        self._denoising: dict[Cell, Tensor] = {}
+
+    # -- state ---------------------------------------------------------------------------
+    def _key(self, k: int) -> int:
+        return -1 if self.clean_context else k
+
+    def cache(self, k: int) -> KVCache:
+        """The cache step k reads (created empty on first use)."""
+        key = self._key(k)
+        if key not in self._caches:
+            # A block's window holds the block itself and W − F earlier frames; only those are cached.
+            window, f = self.plan.window, self.plan.frames_per_block
+            self._caches[key] = self.model.make_kv_cache(window=None if window is None else max(window - f, 1))
+        return self._caches[key]
+
+    def state_nbytes(self) -> int:
+        """Bytes held between cells: caches, deferred writes and cell inputs (not the outputs)."""
+        held = [x for x, _, _ in self._pending.values()] + list(self._inputs.values())
+        held += list(self._denoising.values())
+        return sum(c.nbytes() for c in self._caches.values()) + sum(x.numel() * x.element_size() for x in held)
+
+    def put(self, k: int, b: int, x: Tensor) -> None:
+        """Set x_b^k, the input of cell (k, b) (for k > 0; k = 0 comes from the noise bank)."""
+        self._inputs[(k, b)] = x
+
+    def take(self, k: int, b: int) -> Tensor:
+        """Remove and return x_b^k (k = K: the finished x̂0 of block b, if not given to ``on_block``)."""
+        return self.outputs.pop(b) if k == self.plan.num_steps else self._inputs.pop((k, b))
+
+    def _model_t(self, t: float, x: Tensor) -> Tensor:
+        """(B, f) model timesteps for time t on the frames of x."""
+        value = self.schedule.model_time(torch.tensor(t, dtype=torch.float32))
+        return value.to(x.device).expand(x.shape[0], x.shape[2])
+
+    # -- the cell ------------------------------------------------------------------------
+    def request(self, k: int, b: int) -> CellForward:
+        """The denoise forward of cell (k, b), with a deferred write on its cache prepended."""
+        plan, f = self.plan, self.plan.frames_per_block
+        x = self.bank.initial(b) if k == 0 else self._inputs.pop((k, b))
+        x = self.schedule.prior(x) if k == 0 and plan.times[0] == self.schedule.t_max else x
+        self._denoising[(k, b)] = x
+        t = self._model_t(plan.times[k], x)
+        # context "same": the denoise input is the level step k reads, so this forward writes it
+        writes_itself = not self.clean_context and plan.context == "same" and b + 1 < plan.num_blocks
+        forward = CellForward(x, t, b * f, self.cache(k), f if writes_itself else 0)
+        pending = self._pending.pop(self._key(k), None)
+        if pending is not None:
+            px, pt, offset = pending
+            forward = CellForward(torch.cat([px, x], dim=2), torch.cat([self._model_t(pt, px), t], dim=1),
+                                  offset, forward.cache, px.shape[2])
+        return forward
+
+    def finish(self, k: int, b: int, out: Tensor) -> list[CellForward]:
+        """Take cell (k, b)'s model output for its block, (B, C, F, H, W): x̂0, re-noise, write.
+
+        Returns the write forwards still to run (empty when fused or when no later cell reads one).
+        """
+        plan, times = self.plan, self.plan.times
+        x = self._denoising.pop((k, b))
+        t = torch.tensor(times[k], dtype=torch.float32, device=x.device).expand(x.shape[0])
+        x0 = self.schedule.to_x0(out.to(x.dtype), x, t)
+        last = k + 1 == plan.num_steps
+        if last:
+            x_next = x0
+        else:
+            t_next = torch.tensor(times[k + 1], dtype=torch.float32, device=x.device).expand(x.shape[0])
+            if plan.renoise == "ode":
+                x_next = self.schedule.ddim_step(x, x0, t, t_next)
+            else:
+                x_next = self.schedule.add_noise(x0, self.bank.renoise(k, b), t_next)
+        if last and self.on_block is not None:
+            self.on_block(b, x0)
+        elif last:
+            self.outputs[b] = x0
+        else:
+            self._inputs[(k + 1, b)] = x_next
+
+        writes_after = last if self.clean_context else plan.context == "next"
+        if not writes_after or b + 1 == plan.num_blocks:
+            return []
+        if plan.fused:
+            self._pending[self._key(k)] = (x_next, times[k + 1], b * plan.frames_per_block)
+            return []
+        return [CellForward(x_next, self._model_t(times[k + 1], x_next), b * plan.frames_per_block,
+                            self.cache(k), plan.frames_per_block)]
+
+    # -- running forwards ----------------------------------------------------------------
+    def forward(self, forwards: Sequence[CellForward]) -> list[Tensor]:
+        """Run forwards (several: as one batched forward) and return each one's output for its last F
+        frames (the denoised block; for a pure write forward the output is not used)."""
+        if not forwards:
+            return []
+        self.num_forwards += 1
+        self.frames_processed += sum(fw.x.shape[2] for fw in forwards)
+        f, plan = self.plan.frames_per_block, self.plan
+        dtype = self.model.dtype  # the grid keeps its latents in float32; the model sees its own dtype
+        forwards = [CellForward(fw.x.to(dtype), fw.t, fw.frame_offset, fw.cache, fw.write_frames) for fw in forwards]
+        if len(forwards) == 1:
+            fw = forwards[0]
+            out = self.model(
+                fw.x, fw.t, self.condition.to(dtype), frame_offset=fw.frame_offset, attention="block_causal",
+                frames_per_block=f, window=plan.window, kv_cache=fw.cache, update_cache=fw.write_frames > 0,
+                cache_write_frames=fw.write_frames or None, attention_backend=plan.attention_backend,
+            ).sample
+            return [out[:, :, -f:]]
+        outs = forward_batched(self.model, forwards, self.condition.to(dtype), frames_per_block=f, window=plan.window,
+                               attention_backend=plan.attention_backend)
+        return [o[:, :, fw.x.shape[2] - f : fw.x.shape[2]] for o, fw in zip(outs, forwards, strict=True)]
+
+
+@torch.no_grad()
+def forward_batched(model: CausalWanTransformer3DModel, forwards: Sequence[CellForward], condition: Tensor, *,
+                    frames_per_block: int, window: int | None = None, attention_backend: str = "auto") -> list[Tensor]:
+    """Several block-causal cache forwards (different frames, timesteps and caches) as one batch.
+
+    ``CausalWanTransformer3DModel.forward`` takes one frame offset and one cache for the whole batch;
+    this concatenates the forwards along the batch with per-sample frame indices (the kernel's (B, L)
+    frames), per-sample RoPE positions and per-sample caches padded to a common length (padding keys
+    get frame −1 and are never attended). Inputs shorter than the longest are padded at the end with
+    tokens that see their own sample's keys but are seen by nobody. It runs the model's own
+    submodules with the same per-frame block function as the model's cache path, so it equals the
+    separate forwards up to float rounding, and stores each forward's ``write_frames`` in its cache.
+
+    Returns:
+        per forward, the model output for its own frames (B, C_out, f_i, H, W).
+    """
+    batch, _, _, height, width = forwards[0].x.shape
+    p_t, p_h, p_w = model.config.patch_size
+    if p_t != 1:
+        raise ValueError(f"batched cell forwards need a temporal patch of 1, got patch_size={model.config.patch_size}")
+    rows, cols = height // p_h, width // p_w
+    tokens = rows * cols
+    n, sizes = len(forwards), [fw.x.shape[2] for fw in forwards]
+    f_max, device = max(sizes), forwards[0].x.device
+
+    def pad(x: Tensor, dim: int) -> Tensor:  # repeat the last frame up to f_max frames
+        extra = f_max - x.shape[dim]
+        return x if extra == 0 else torch.cat([x, x.narrow(dim, x.shape[dim] - 1, 1).repeat_interleave(extra, dim)], dim)
+
+    x = torch.cat([pad(fw.x, 2) for fw in forwards])  # (n·B, C, f_max, H, W)
+    t = torch.cat([pad(fw.t, 1) for fw in forwards])  # (n·B, f_max)
+    q_frames, k_current, rope_cos, rope_sin = [], [], [], []
+    for fw, size in zip(forwards, sizes, strict=True):
+        own = torch.arange(fw.frame_offset, fw.frame_offset + size, device=device)
+        q_frames.append(pad(own, 0).repeat_interleave(tokens))
+        k_current.append(torch.cat([own, own.new_full((f_max - size,), -1)]).repeat_interleave(tokens))
+        cos, sin = model._rotary_emb(size, rows, cols, fw.frame_offset)
+        rope_cos.append(pad(cos.unflatten(1, (size, tokens)), 1).flatten(1, 2))
+        rope_sin.append(pad(sin.unflatten(1, (size, tokens)), 1).flatten(1, 2))
+
+    # per-sample caches padded to the longest; cached copies of input frames are superseded (as in the model)
+    lengths = [len(fw.cache) for fw in forwards]
+    c_max = max(lengths)
+    cached: list[tuple[Tensor, Tensor] | None] = [None] * len(model.blocks)
+    k_cached = torch.empty(n, 0, dtype=torch.long, device=device)
+    if c_max:
+        frames = []
+        for fw, length in zip(forwards, lengths, strict=True):
+            cf = fw.cache.frames if length else torch.empty(0, dtype=torch.long, device=device)
+            cf = cf.to(device)
+            superseded = (cf >= fw.frame_offset) & (cf < fw.frame_offset + fw.x.shape[2])
+            frames.append(torch.cat([cf.masked_fill(superseded, -1), cf.new_full((c_max - length,), -1)]))
+        k_cached = torch.stack(frames)
+        like = next(fw.cache for fw, length in zip(forwards, lengths, strict=True) if length)
+        for layer in range(len(model.blocks)):
+            cached[layer] = tuple(
+                torch.cat([_pad_cache(getattr(fw.cache, store)[layer] if length else None,
+                                      getattr(like, store)[layer], batch, c_max)
+                           for fw, length in zip(forwards, lengths, strict=True)])
+                for store in ("keys", "values")
+            )
+
+    q_frames_b = torch.stack(q_frames).repeat_interleave(batch, 0)
+    k_frames_b = torch.cat([k_cached, torch.stack(k_current)], dim=1).repeat_interleave(batch, 0)
+    rotary = (torch.cat(rope_cos).repeat_interleave(batch, 0), torch.cat(rope_sin).repeat_interleave(batch, 0))
+    writes = [fw.write_frames for fw in forwards]
+    context = _SelfAttentionContext(
+        mode="block_causal", q_frames=q_frames_b, k_frames=k_frames_b, frames_per_block=frames_per_block,
+        window=window, backend=attention_backend, cached=cached, write_tokens=max(writes) * tokens,
+    )
+
+    h = model.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
+    temb, timestep_proj, text, _ = model.condition_embedder(t.flatten(), condition.repeat(n, 1, 1), None,
+                                                            timestep_seq_len=f_max)
+    timestep_proj = timestep_proj.unflatten(2, (6, -1))
+    for block in model.blocks:
+        h = _framewise_block(block, h, text, timestep_proj, rotary, tokens, context)
+
+    for i, (fw, w) in enumerate(zip(forwards, writes, strict=True)):
+        if w:
+            rows_i = slice(i * batch, (i + 1) * batch)
+            fw.cache.update(
+                [context.written[layer][0][rows_i, :, : w * tokens] for layer in range(len(model.blocks))],
+                [context.written[layer][1][rows_i, :, : w * tokens] for layer in range(len(model.blocks))],
+                q_frames[i][: w * tokens],
+            )
+
+    table = model.scale_shift_table.unsqueeze(0).to(temb.device)
+    shift, scale = (table + temb.unsqueeze(2)).unsqueeze(3).unbind(2)
+    h = model.proj_out(_modulate(model.norm_out(h.float()), scale, shift, tokens).type_as(h))
+    h = h.reshape(n * batch, f_max, rows, cols, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    out = h.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+    return [out[i * batch : (i + 1) * batch, :, :size] for i, size in enumerate(sizes)]
+
+
+def _pad_cache(tensor: Tensor | None, like: Tensor, batch: int, length: int) -> Tensor:
+    """(B, H, L, D) cached keys or values zero-padded to ``length`` tokens (None: all padding)."""
+    if tensor is None:
+        return like.new_zeros(batch, like.shape[1], length, like.shape[3])
+    return torch.nn.functional.pad(tensor, (0, 0, 0, length - tensor.shape[2]))
+
+
+def cell_waves(order: str, num_blocks: int, num_steps: int) -> list[list[Cell]]:
+    """The cells of a single-process order as a list of waves; the cells of a wave share one forward.
+
+    sequential: for b: for k; hierarchical: for k: for b; wavefront: wave s holds all (k, b) with
+    k + b = s (N + K − 1 waves). "pipelined" runs in several processes (``hiar_parallel``).
+    """
+    check_order(order)
+    n, K = num_blocks, num_steps
+    if order == "sequential":
+        return [[(k, b)] for b in range(n) for k in range(K)]
+    if order == "hierarchical":
+        return [[(k, b)] for k in range(K) for b in range(n)]
+    if order == "wavefront":
+        return [[(k, s - k) for k in range(K) if 0 <= s - k < n] for s in range(n + K - 1)]
+    raise ValueError("order 'pipelined' runs across processes: use fdistill.pipelines.hiar_parallel")
+
+
+def run_cells(cells: HiARCells, waves: Sequence[Sequence[Cell]], on_cell: Callable[[], None] | None = None) -> None:
+    """Run waves of cells in order: each wave's denoise forwards as one forward, then its writes."""
+    for wave in waves:
+        outs = cells.forward([cells.request(k, b) for k, b in wave])
+        writes = []
+        for (k, b), out in zip(wave, outs, strict=True):
+            writes += cells.finish(k, b, out)
+            if on_cell is not None:
+                on_cell()
+        cells.forward(writes)
+
+
+@torch.no_grad()
+def generate_video(model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan, condition: Tensor,
+                   bank: NoiseBank, order: str = "hierarchical", on_cell: Callable[[], None] | None = None,
+                   on_block: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor | None, HiARCells]:
+    """Generate latents (B, C, N·F, H, W) with a single-process order; returns (video, cells).
+
+    With ``on_block`` the finished blocks go there instead (video is None), so memory stays flat.
+    """
+    cells = HiARCells(model, schedule, plan, condition, bank, clean_context=order == "sequential", on_block=on_block)
+    run_cells(cells, cell_waves(order, plan.num_blocks, plan.num_steps), on_cell)
+    if on_block is not None:
+        return None, cells
+    return torch.cat([cells.outputs[b] for b in range(plan.num_blocks)], dim=2), cells

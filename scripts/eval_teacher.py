@@ -1,0 +1,181 @@
+"""Evaluate a trained teacher, write reports/<name>.json + a PNG, and optionally ship it as an asset.
+
+    python scripts/eval_teacher.py digits --run runs/digits_teacher --export
+    python scripts/eval_teacher.py moving_digits --run runs/moving_digits_teacher --export
+
+digits: class-balanced samples from the EDM Heun sampler (``--steps 18`` = 35 NFE), class accuracy
+by the digits classifier and classifier-feature FID against all 1,797 digits (the held-out split's
+FID against the same reference is reported as the data floor).
+
+moving_digits: class-balanced clips from the flow-matching Euler sampler; per-frame accuracy of
+the classifier on a crop around the digit (the digit is 8x8 on a 16x16 canvas, so it is centred
+and upsampled first), motion as mean |x_{f+1} − x_f| and as the speed of the brightness centroid
+(px/frame), plus fdistill.eval.video's VBench-style metrics; every number also for real clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from fdistill.eval.fid import class_coverage, compute_fid
+from fdistill.teachers import ASSETS, export_teacher_asset, load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _training_summary(run: Path) -> dict:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    wall, prev = 0.0, 0
+    for rec in lines:
+        wall += rec["sec_per_step"] * (rec["step"] - prev)
+        prev = rec["step"]
+    return {"steps": lines[-1]["step"], "final_loss": lines[-1]["loss"], "train_wall_s": round(wall, 1)}
+
+
+def _balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
+    return torch.arange(n) % num_classes
+
+
+@torch.no_grad()
+def _sample(denoiser, labels: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float,
+            seed: int, batch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(labels), *shape, generator=g)
+    out = []
+    for i in range(0, len(labels), batch):
+        y = labels[i : i + batch]
+        cond = y if denoiser.label_embedding is None else denoiser.label_embedding(y)
+        out.append(denoiser.schedule.sample(lambda x, t, c=cond: denoiser(x, t, c, guidance_scale=guidance),
+                                            noise[i : i + batch], steps).clamp(-1, 1))
+    return torch.cat(out)
+
+
+def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int) -> tuple[dict, torch.Tensor]:
+    from fdistill.data.digits import load_digits_tensors
+
+    denoiser = load_teacher(run)
+    labels = _balanced_labels(num_samples)
+    tic = time.perf_counter()
+    samples = _sample(denoiser, labels, (1, 16, 16), steps, guidance, seed, batch=500)
+    sample_s = time.perf_counter() - tic
+    reference, _ = load_digits_tensors("all")
+    test, test_labels = load_digits_tensors("test")
+    cov = class_coverage(samples, labels=labels)
+    metrics = {
+        "sampler": f"EDM Heun, {steps} steps", "nfe": denoiser.schedule.nfe(steps) * (1 if guidance == 1 else 2),
+        "guidance_scale": guidance, "num_samples": num_samples,
+        "fid_classifier_features": compute_fid(samples, reference),
+        "class_accuracy": cov["accuracy"], "classes_covered": cov["classes_covered"],
+        "class_histogram": cov["histogram"], "sample_wall_s": round(sample_s, 1),
+        "data_floor": {"fid_test_split_vs_all": compute_fid(test, reference),
+                       "class_accuracy_test_split": class_coverage(test, labels=test_labels)["accuracy"]},
+    }
+    grid = samples[: 100].view(10, 10, 1, 16, 16).transpose(0, 1).reshape(100, 1, 16, 16)
+    return metrics, grid
+
+
+def _digit_crops(frames: torch.Tensor, glyph: int = 8) -> torch.Tensor:
+    """(N, 1, H, W) frames in [-1, 1] → (N, 1, 16, 16): a glyph-sized window at the brightness centroid."""
+    n, _, h, w = frames.shape
+    ink = (frames[:, 0] + 1) / 2
+    mass = ink.sum((1, 2)).clamp_min(1e-6)
+    rows, cols = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
+    r = ((ink.sum(2) * rows).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, h - glyph).long()
+    c = ((ink.sum(1) * cols).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, w - glyph).long()
+    crops = torch.stack([frames[i, :, r[i] : r[i] + glyph, c[i] : c[i] + glyph] for i in range(n)])
+    return F.interpolate(crops, size=(16, 16), mode="bilinear", align_corners=False)
+
+
+def _centroid_speed(videos: torch.Tensor) -> float:
+    ink = (videos[:, 0] + 1) / 2  # (B, F, H, W)
+    mass = ink.sum((2, 3)).clamp_min(1e-6)
+    pos = torch.arange(ink.shape[-1], dtype=torch.float32)
+    r = (ink.sum(3) * pos).sum(2) / mass
+    c = (ink.sum(2) * pos).sum(2) / mass
+    return ((r[:, 1:] - r[:, :-1]) ** 2 + (c[:, 1:] - c[:, :-1]) ** 2).sqrt().mean().item()
+
+
+def _video_metrics(videos: torch.Tensor, labels: torch.Tensor) -> dict:
+    from fdistill.eval.video import evaluate_video
+
+    b, _, f, h, w = videos.shape
+    frames = videos.permute(0, 2, 1, 3, 4).reshape(b * f, 1, h, w)
+    frame_labels = labels.repeat_interleave(f)
+    return {
+        "frame_accuracy_crop": class_coverage(_digit_crops(frames), labels=frame_labels)["accuracy"],
+        "frame_accuracy_full": class_coverage(frames, labels=frame_labels)["accuracy"],
+        "mean_frame_difference": (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean().item(),
+        "centroid_speed_px_per_frame": _centroid_speed(videos),
+        **evaluate_video(videos),
+    }
+
+
+def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int):
+    from fdistill.data.moving_digits import MovingDigits
+
+    denoiser = load_teacher(run)
+    meta = denoiser.metadata
+    kwargs = dict(meta["data"]["kwargs"])
+    frames = kwargs.get("num_frames", 12)
+    size = kwargs.get("size", 16)
+    labels = _balanced_labels(num_samples)
+    tic = time.perf_counter()
+    videos = _sample(denoiser, labels, (1, frames, size, size), steps, guidance, seed, batch=50)
+    sample_s = time.perf_counter() - tic
+    real = MovingDigits(**{**kwargs, "num_videos": num_samples, "seed": 10_000 + seed})
+    real_videos, real_labels = real.tensors()
+    metrics = {
+        "sampler": f"flow-matching Euler (DDIM), {steps} steps, shift {meta['schedule']['kwargs'].get('shift', 1.0)}",
+        "nfe": steps * (1 if guidance == 1 else 2), "guidance_scale": guidance, "num_samples": num_samples,
+        "sample_wall_s": round(sample_s, 1),
+        "samples": _video_metrics(videos, labels),
+        "real_data": _video_metrics(real_videos, real_labels),
+    }
+    strip = torch.cat([videos[:10], real_videos[:2]])  # rows: one clip per class 0..9, then 2 real clips
+    strip = strip.permute(0, 2, 1, 3, 4).reshape(-1, 1, size, size)
+    return metrics, strip, frames
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("teacher", choices=["digits", "moving_digits"])
+    p.add_argument("--run", type=Path, required=True, help="train_teacher output folder")
+    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (digits: Heun 18 = 35 NFE)")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reports", type=Path, default=ROOT / "reports", help="where the JSON and PNG go")
+    p.add_argument("--export", action="store_true", help="also write fdistill/assets/<teacher>_teacher.*")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    name = f"{args.teacher}_teacher"
+    reports = args.reports
+    reports.mkdir(parents=True, exist_ok=True)
+    if args.teacher == "digits":
+        metrics, grid = eval_digits(args.run, args.num_samples or 2000, args.steps or 18, args.guidance, args.seed)
+        save_image((grid + 1) / 2, reports / f"{name}_samples.png", nrow=10, padding=1)
+    else:
+        metrics, strip, frames = eval_moving_digits(args.run, args.num_samples or 200, args.steps or 25,
+                                                    args.guidance, args.seed)
+        save_image((strip + 1) / 2, reports / f"{name}_frames.png", nrow=frames, padding=1)
+    config = (args.run / "config.yaml").read_text()
+    report = {"teacher": name, "run": str(args.run), **_training_summary(args.run), **metrics,
+              "parameters": load_teacher(args.run).metadata["parameters"], "config": config}
+    (reports / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    if args.export:
+        keep = {k: v for k, v in report.items() if k != "config"}
+        export_teacher_asset(args.run, ASSETS / f"{name}.safetensors", metrics=keep)
+    print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

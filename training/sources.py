@@ -1,0 +1,145 @@
+"""Where the f-distill trainer's inputs come from: the teacher, real samples and ODE pairs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fdistill.denoisers import Denoiser
+
+from .distill_config import DistillConfig, TeacherSpec, WarmupSpec
+
+
+@dataclass
+class Teacher:
+    """Everything the trainer needs from a teacher."""
+
+    denoiser: Denoiser
+    sample_shape: tuple[int, ...]
+    conditions: Any  # draw(batch, generator) -> condition tensor (labels or prompt embeddings)
+    components: dict[str, Any] = field(default_factory=dict)  # vae / text_encoder / tokenizer to export
+
+
+def _generator(seed: int, step: int, micro: int, rank: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(((((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank) * 7) + stream)
+
+
+def load_teacher_for(spec: TeacherSpec, guidance_scale: float, device: torch.device, prompts: list[str]) -> Teacher:
+    """Build the frozen teacher Denoiser and the condition sampler for ``spec``."""
+    if spec.kind == "asset":
+        from fdistill.teachers import load_digits_teacher
+
+        den = load_digits_teacher(spec.path, guidance_scale=guidance_scale, feature_modules=spec.feature_modules,
+                                  device=device)
+        cfg = den.model.config
+        num_classes = den.num_classes
+
+        def draw(batch: int, g: torch.Generator) -> Tensor:
+            return torch.randint(num_classes, (batch,), generator=g).to(device)
+
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
+        return Teacher(den, (cfg.in_channels, size, size), draw)
+    return _load_pipeline_teacher(spec, guidance_scale, device, prompts)
+
+
+def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: torch.device,
+                           prompts: list[str]) -> Teacher:
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from fdistill.schedules import schedule_from_scheduler
+
+    root = Path(spec.path)
+    for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
+        if not (root / sub).is_dir():
+            raise ValueError(f"teacher pipeline {root} has no {sub!r} folder (expected an SD-style layout)")
+    if not prompts:
+        raise ValueError("a text-conditioned teacher needs data.prompts")
+    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_pretrained(root, subfolder="scheduler")
+    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet").to(device).requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").to(device).requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+    vae = AutoencoderKL.from_pretrained(root, subfolder="vae") if (root / "vae").is_dir() else None
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> Tensor:
+        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        return text_encoder(ids)[0]
+
+    table, null = encode(prompts), encode([""])
+    den = Denoiser(unet, schedule_from_scheduler(scheduler), "encoder_hidden_states", guidance_scale, null,
+                   spec.feature_modules).eval()
+
+    def draw(batch: int, g: torch.Generator) -> Tensor:
+        return table[torch.randint(len(prompts), (batch,), generator=g).to(device)]
+
+    size = unet.config.sample_size
+    size = size if isinstance(size, int) else tuple(size)[0]
+    return Teacher(den, (unet.config.in_channels, size, size), draw,
+                   {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler})
+
+
+class RealData:
+    """Real samples x0 and their conditions for the discriminator."""
+
+    def __init__(self, config: DistillConfig, teacher: Teacher, device: torch.device):
+        self.device = device
+        if config.data.name == "digits":
+            from fdistill.data.digits import load_digits_tensors
+
+            x, y = load_digits_tensors("train")
+            if tuple(x.shape[1:]) != teacher.sample_shape:
+                raise ValueError(f"digits are {tuple(x.shape[1:])} but the teacher samples {teacher.sample_shape}")
+            self.x, self.c = x.to(device), y.to(device)
+        else:
+            g = torch.Generator().manual_seed(config.seed + 12345)
+            n, xs, cs = config.data.num_samples, [], []
+            for i in range(0, n, config.batch_size):
+                b = min(config.batch_size, n - i)
+                c = teacher.conditions(b, g)
+                z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
+                xs.append(teacher.denoiser.schedule.sample(lambda x, t, c=c: teacher.denoiser(x, t, c), z,
+                                                           config.data.sample_steps))
+                cs.append(c)
+            self.x, self.c = torch.cat(xs), torch.cat(cs)
+
+    def __call__(self, batch: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        i = torch.randint(self.x.shape[0], (batch,), generator=g).to(self.device)
+        return self.x[i], self.c[i]
+
+
+def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.device, cache: Path | None,
+              batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, condition, teacher sample) triples from the teacher's reference sampler; cached on disk."""
+    from safetensors.torch import load_file, save_file
+
+    if cache is not None and cache.is_file():
+        d = load_file(str(cache))
+        if d["z"].shape[0] == spec.ode_pairs:
+            return d["z"].to(device), d["c"].to(device), d["x"].to(device)
+    g = torch.Generator().manual_seed(seed + 777)
+    zs, cs, xs = [], [], []
+    den = teacher.denoiser
+    for i in range(0, spec.ode_pairs, batch_size):
+        b = min(batch_size, spec.ode_pairs - i)
+        c = teacher.conditions(b, g)
+        z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
+        xs.append(den.schedule.sample(lambda x, t, c=c: den(x, t, c), z, spec.ode_steps))
+        zs.append(z)
+        cs.append(c)
+    z, c, x = torch.cat(zs), torch.cat(cs), torch.cat(xs)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        save_file({"z": z.cpu().contiguous(), "c": c.cpu().contiguous(), "x": x.cpu().contiguous()}, str(tmp))
+        tmp.replace(cache)
+    return z, c, x
+
