@@ -28,3 +28,20 @@ def tiny_digits_teacher(tmp_path_factory):
         "output_dir": str(out),
     })
     return train_teacher(cfg)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random CausalWanTransformer3DModel (HiAR tests)."""
+    from hiar_common import TINY
+
+    from fdistill.models.causal_wan import CausalWanTransformer3DModel
+
+    torch.manual_seed(0)
+    return CausalWanTransformer3DModel(**TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def text():
+    """Text features (2, 3, 32) for the tiny Wan model."""
+    return torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(1))

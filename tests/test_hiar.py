@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from hiar_common import SCHEDULE, TINY
 
 from fdistill.models import CausalWanTransformer3DModel
 from fdistill.pipelines.hiar_cell import (
@@ -27,33 +28,9 @@ from fdistill.pipelines.hiar_pipeline import HiARPipeline, HiARPipelineOutput, L
 from fdistill.schedules import FlowMatchingSchedule
 from fdistill.teachers import MOVING_DIGITS_TEACHER
 
-TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=2, out_channels=2,
-            text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, rope_max_seq_len=64)
-SCHEDULE = FlowMatchingSchedule(shift=3.0)
 TIMES = denoising_times(SCHEDULE, [1000, 750, 500, 250])
 N, F, K = 4, 2, 4
 BLOCK = (2, 2, F, 4, 4)  # (B, C, F, H, W)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these models are tiny, and two threads on a busy 2-core machine run them
-    several times slower (OpenMP oversubscription). Restored for the other test modules."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CausalWanTransformer3DModel(**TINY).eval()
-
-
-@pytest.fixture(scope="module")
-def text():
-    return torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(1))
 
 
 def _video(model, text, order, num_blocks=N, seed=0, **plan):
