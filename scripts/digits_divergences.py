@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -115,9 +116,7 @@ def main() -> None:
         r["fid_vs_teacher"] = r["fid"] / results["teacher"]["fid"]
     report = {"config": args.config, "overrides": args.overrides, "num_samples": args.num_samples,
               "teacher_steps": args.teacher_steps, "results": results,
-              "command": "python scripts/digits_divergences.py " + " ".join(
-                  f"--divergences {' '.join(args.divergences)}".split() + (["--steps", str(steps)])
-                  + args.overrides)}
+              "command": " ".join(["python", "scripts/digits_divergences.py", *sys.argv[1:]])}
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print("\n| model | NFE | FID | precision | recall | classes | class acc. | img/s | speed-up | FID/teacher |")
     print("|---|---|---|---|---|---|---|---|---|---|")
