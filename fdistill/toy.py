@@ -4,11 +4,16 @@
 with MLPs: a one-step generator z → x, an online fake score, and a discriminator on (x_t, t).
 The student starts from teacher probability-flow-ODE pairs (as DMD and CausVid do), optionally
 with some modes dropped from those pairs, so what distribution matching then does to the mode
-masses is measurable: ``recover`` tests whether a divergence brings dropped modes back.
+masses is measurable: ``drop_modes`` tests whether a divergence brings dropped modes back.
+
+The student's noised marginal q_t = q_0 * N(0, σ²) is estimated without bias by a Gaussian kernel
+sum over fresh student samples, so the discriminator's ratio can be checked against
+log p_t − log q_t (:func:`ratio_check`), or replaced by it (``discriminator="oracle"``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -18,10 +23,12 @@ from torch import Tensor, nn
 
 from .denoisers import Denoiser
 from .gmm import GaussianMixture, GaussianMixtureDenoiser
+from .losses import discriminator_loss
 from .objective import FDistillObjective, ObjectiveConfig
 from .schedules import EDMSchedule
 
-__all__ = ["GaussianMixture", "GMMConfig", "GMMResult", "distill_gmm", "mode_metrics"]
+__all__ = ["GaussianMixture", "GMMConfig", "GMMResult", "WarmStart", "distill_gmm", "log_kde", "mode_metrics",
+           "ratio_check", "warm_start"]
 
 
 def mlp(d_in: int, d_out: int, width: int = 128, depth: int = 3) -> nn.Sequential:
@@ -31,46 +38,147 @@ def mlp(d_in: int, d_out: int, width: int = 128, depth: int = 3) -> nn.Sequentia
     return nn.Sequential(*layers, nn.Linear(width, d_out))
 
 
-class TimeMLP(nn.Module):
-    """F(x_in, c_noise) → (B, d_out) for a preconditioned denoiser or a discriminator."""
+class FourierMLP(nn.Module):
+    """F(x, c_noise) → (B, d_out): an MLP on x, random Fourier features sin/cos(x B) and c_noise.
 
-    def __init__(self, dim: int, d_out: int, width: int = 128, depth: int = 3):
+    The features (Tancik et al. 2020, B ~ N(0, scale²), fixed) let a small MLP on 2-D inputs follow
+    the sharp structure of p_t/q_t at small σ, where the plain MLP on (x, c_noise) stayed close to
+    chance (ratio_check).
+    """
+
+    B: Tensor
+
+    def __init__(self, dim: int, d_out: int, width: int = 128, depth: int = 3, num_freqs: int = 64,
+                 scale: float = 1.0):
         super().__init__()
-        self.net = mlp(dim + 2, d_out, width, depth)
+        self.register_buffer("B", torch.randn(dim, num_freqs) * scale)
+        self.net = mlp(dim + 2 * num_freqs + 3, d_out, width, depth)
 
     def forward(self, sample: Tensor, timestep: Tensor) -> Tensor:
         c = timestep.reshape(-1, 1).to(sample).expand(sample.shape[0], 1)
-        return self.net(torch.cat([sample, c.sin(), c.cos()], 1))
+        f = sample @ self.B
+        return self.net(torch.cat([sample, f.sin(), f.cos(), c, c.sin(), c.cos()], 1))
 
 
-class RawDiscriminator(nn.Module):
-    """D(x_t, t) on the schedule's preconditioned input (the toy teacher has no features to tap)."""
+class Discriminator(nn.Module):
+    """D(x_t, t) → logits (B,) on the raw x_t (the toy teacher has no features to tap)."""
 
     def __init__(self, schedule: EDMSchedule, dim: int, width: int = 128):
         super().__init__()
-        self.schedule, self.net = schedule, TimeMLP(dim, 1, width)
+        self.schedule, self.net = schedule, FourierMLP(dim, 1, width)
 
     def forward(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
-        return self.net(self.schedule.model_input(x_t, t), self.schedule.model_time(t)).squeeze(1)
+        return self.net(x_t, self.schedule.model_time(t)).squeeze(1)
+
+
+def log_kde(x_t: Tensor, ref: Tensor, sigma: Tensor | float, chunk: int = 1024) -> Tensor:
+    """log q_t(x_t) for q_t = (1/N Σ_j δ_{y_j}) * N(0, σ²I): x_t (B, D), ref y (N, D), σ scalar or (B,).
+
+    For y_j drawn from the student q_0 this is an unbiased estimate of q_t (its log is biased low
+    when σ is so small that few y_j lie within σ of x_t).
+    """
+    sigma = torch.as_tensor(sigma, dtype=x_t.dtype).expand(x_t.shape[0])
+    out = []
+    for x, s in zip(x_t.split(chunk), sigma.split(chunk), strict=True):
+        d2 = torch.cdist(x, ref).pow(2)
+        out.append((-0.5 * d2 / s[:, None] ** 2).logsumexp(1) - x_t.shape[1] * (s * math.sqrt(2 * math.pi)).log())
+    return torch.cat(out) - math.log(ref.shape[0])
+
+
+class OracleDiscriminator(nn.Module):
+    """D(x_t, t) = log p_t(x_t) − log q_t(x_t), the optimal discriminator's logit (EDM: t = σ).
+
+    p_t is the teacher's exact density, q_t a kernel sum over ``num_ref`` student samples. A
+    diagnostic with the learned discriminator's interface: it separates what a divergence does
+    with the true ratio from what an imperfect estimate makes of it. ``refresh`` marks the samples
+    stale (call it whenever the generator has moved; they are redrawn on next use); while ``skip``
+    is set it returns zeros, since critic steps have nothing to train in it.
+    """
+
+    ref: Tensor
+
+    def __init__(self, mixture: GaussianMixture, generator: nn.Module, dim: int, num_ref: int = 4096,
+                 seed: int = 0):
+        super().__init__()
+        # a list, so that the generator's parameters do not become the critic optimiser's
+        self.mixture, self.generator, self.dim, self.num_ref = mixture, [generator], dim, num_ref
+        self.rng = torch.Generator().manual_seed(seed)
+        self.skip = False
+        self.register_buffer("ref", torch.zeros(0, dim), persistent=False)
+
+    def refresh(self) -> None:
+        self.ref = self.ref[:0]
+
+    @torch.no_grad()
+    def forward(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
+        if self.skip:
+            return x_t.new_zeros(x_t.shape[0])
+        if self.ref.shape[0] == 0:
+            self.ref = self.generator[0](torch.randn(self.num_ref, self.dim, generator=self.rng))
+        t = torch.as_tensor(t, dtype=x_t.dtype).expand(x_t.shape[0])
+        return self.mixture.log_prob(x_t, 1.0, t) - log_kde(x_t, self.ref, t)
 
 
 @dataclass
 class GMMConfig:
-    """Toy run settings; ``objective`` holds the divergence and the f-distill knobs."""
+    """Toy run settings; ``objective`` holds the divergence and the f-distill knobs.
+
+    Training σ is log-normal, ln σ ~ N(p_mean, p_std²): the default median σ ≈ 0.5 puts most draws
+    where modes 0.2–0.3 wide and 3–8 apart are told apart (``p_mean=None`` centres it on the data
+    std, ≈ 2.8 for the ring, where p_t ≈ q_t and the ratio carries no signal). ``discriminator``
+    is ``"learned"`` (the algorithm) or ``"oracle"`` (a diagnostic: the exact log p_t/q_t, q_t from
+    ``oracle_ref`` student samples). ``check_samples``: student samples behind :func:`ratio_check`.
+    Metrics and samples come from an EMA of the generator (``ema_decay``): at ``lr_generator`` 1e-3
+    the raw generator oscillates (precision 0.84 → 0.6 → 0.84 within 50 steps) while the fake score
+    catches up, and a lower rate moves it too little to recover anything in a few hundred steps.
+    """
 
     objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(gan_weight=0.0))
     steps: int = 1500
-    batch_size: int = 512
-    critic_steps: int = 3
-    lr_generator: float = 1e-4
+    batch_size: int = 256
+    critic_steps: int = 2
+    lr_generator: float = 1e-3
     lr_critic: float = 1e-3
+    ema_decay: float = 0.98
     width: int = 128
+    disc_width: int = 128
+    discriminator: str = "learned"
+    oracle_ref: int = 4096
+    p_mean: float | None = -0.7
+    p_std: float = 1.5
     ode_pairs: int = 8192
     ode_steps: int = 48
     warmup_steps: int = 1500
     fake_warmup_steps: int = 500
     drop_modes: tuple[int, ...] = ()
     eval_samples: int = 20000
+    eval_every: int = 100
+    check_samples: int = 8192
+
+    def __post_init__(self):
+        if self.discriminator not in ("learned", "oracle"):
+            raise ValueError(f"discriminator must be 'learned' or 'oracle', got {self.discriminator!r}")
+
+
+# fields that shape the warm start: a cached WarmStart is only valid for runs that agree on them
+_WARM_FIELDS = ("width", "disc_width", "p_mean", "p_std", "batch_size", "lr_critic", "ode_pairs", "ode_steps",
+                "warmup_steps", "fake_warmup_steps", "drop_modes")
+
+
+@dataclass
+class WarmStart:
+    """Networks after ODE-pair regression (generator) and critic warm-up (fake score, discriminator).
+
+    Divergence-independent, so one warm start serves every divergence of a seed.
+    """
+
+    seed: int
+    config: dict
+    generator: dict
+    fake_score: dict
+    discriminator: dict
+    metrics: dict
+    samples: Tensor
 
 
 @dataclass
@@ -96,25 +204,30 @@ def mode_metrics(mixture: GaussianMixture, x: Tensor, num_std: float = 3.0) -> d
     }
 
 
-@torch.no_grad()
-def ratio_check(mixture: GaussianMixture, schedule: EDMSchedule, generator: nn.Module,
-                discriminator: nn.Module, dim: int, n: int = 4096, seed: int = 1) -> dict:
-    """Discriminator log r vs the exact log p_t/q_t (q_t of a deterministic generator is a kernel sum)."""
-    g = torch.Generator().manual_seed(seed)
-    x0 = generator(torch.randn(n, dim, generator=g))
-    ref = generator(torch.randn(n, dim, generator=g))
-    out = {}
-    for frac in (0.2, 0.5):
-        sigma = math.exp(math.log(schedule.sigma_min) + frac * (math.log(schedule.sigma_max) - math.log(schedule.sigma_min)))
-        t = torch.full((n,), sigma)
-        x_t = x0 + sigma * torch.randn(x0.shape, generator=g)
-        log_p = mixture.log_prob(x_t, 1.0, sigma)
-        d2 = torch.cdist(x_t, ref).pow(2)
-        log_q = (-0.5 * d2 / sigma**2).logsumexp(1) - math.log(n) - dim * math.log(sigma * math.sqrt(2 * math.pi))
-        true, est = log_p - log_q, discriminator(x_t, t)
-        c = torch.corrcoef(torch.stack([true, est]))[0, 1]
-        out[f"sigma_{sigma:.3g}"] = {"corr": float(c), "mae": float((true - est).abs().mean())}
-    return out
+def _schedule(mixture: GaussianMixture, cfg: GMMConfig) -> EDMSchedule:
+    data_std = float(torch.sqrt((mixture.weights[:, None] * (mixture.means**2 + mixture.stds**2)).sum(0).mean()))
+    p_mean = math.log(data_std) if cfg.p_mean is None else cfg.p_mean
+    return EDMSchedule(sigma_data=data_std, sigma_max=20 * data_std, P_mean=p_mean, P_std=cfg.p_std)
+
+
+def _networks(schedule: EDMSchedule, cfg: GMMConfig, dim: int) -> tuple[nn.Module, Denoiser, Discriminator]:
+    generator = mlp(dim, dim, cfg.width)
+    fake = Denoiser(FourierMLP(dim, dim, cfg.width), schedule, condition_key=None)
+    return generator, fake, Discriminator(schedule, dim, cfg.disc_width)
+
+
+def _config(overrides: dict, divergence: str = "reverse_kl") -> GMMConfig:
+    obj_kw = {k.removeprefix("objective_"): v for k, v in overrides.items() if k.startswith("objective_")}
+    cfg_kw = {k: v for k, v in overrides.items() if not k.startswith("objective_")}
+    names = {f.name for f in dataclasses.fields(GMMConfig)}
+    unknown = sorted(set(cfg_kw) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown}; valid: {sorted(names)} and objective_<field>")
+    if "drop_modes" in cfg_kw:
+        cfg_kw["drop_modes"] = tuple(cfg_kw["drop_modes"])
+    cfg = GMMConfig(**cfg_kw)
+    cfg.objective = dataclasses.replace(cfg.objective, divergence=divergence, **obj_kw)
+    return cfg
 
 
 def _ode_pairs(mixture, schedule, cfg: GMMConfig, dim: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -127,37 +240,36 @@ def _ode_pairs(mixture, schedule, cfg: GMMConfig, dim: int, g: torch.Generator) 
     return z, schedule.sample(GaussianMixtureDenoiser(target, schedule), z, cfg.ode_steps)
 
 
-def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | None = None, seed: int = 0,
-                progress: bool = False, **overrides) -> GMMResult:
-    """Distil a one-step MLP generator onto ``mixture`` with f-divergence ``divergence``.
+def _critic_step(objective: FDistillObjective, opt: torch.optim.Optimizer, generator: nn.Module,
+                 mixture: GaussianMixture, batch_size: int, dim: int, g: torch.Generator) -> dict:
+    with torch.no_grad():
+        x0 = generator(torch.randn(batch_size, dim, generator=g))
+    real, _ = mixture.sample(batch_size, g)
+    loss, logs = objective.critic_loss(x0, real, generator=g)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return logs
 
-    ``overrides`` set :class:`GMMConfig` fields (``critic_steps=5``, ``drop_modes=(6, 7)``…) or, with an
-    ``objective_`` prefix, :class:`ObjectiveConfig` fields (``objective_gan_weight=1e-3``).
-    Returns the student's samples (``eval_samples``, D), its mode metrics and a ratio check.
+
+@torch.no_grad()
+def _sample(generator: nn.Module, n: int, dim: int, seed: int) -> Tensor:
+    return generator(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)))
+
+
+def warm_start(mixture: GaussianMixture, seed: int = 0, **overrides) -> WarmStart:
+    """Regress the generator on teacher ODE pairs (minus ``drop_modes``), then fit the critics to it.
+
+    The critic warm-up trains the fake score and the discriminator together (the critic loss does
+    not depend on the divergence). ``overrides`` as in :func:`distill_gmm`.
     """
-    obj_kw = {k.removeprefix("objective_"): v for k, v in overrides.items() if k.startswith("objective_")}
-    cfg_kw = {k: v for k, v in overrides.items() if not k.startswith("objective_")}
-    names = {f.name for f in dataclasses.fields(GMMConfig)}
-    unknown = sorted(set(cfg_kw) - names)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; valid: {sorted(names)} and objective_<field>")
-    cfg = GMMConfig(**cfg_kw)
-    cfg.objective = dataclasses.replace(cfg.objective, divergence=divergence, **obj_kw)
-    if steps is not None:
-        cfg.steps = steps
-
+    cfg = _config(overrides)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     dim = mixture.means.shape[1]
-    data_std = float(torch.sqrt((mixture.weights[:, None] * (mixture.means**2 + mixture.stds**2)).sum(0).mean()))
-    schedule = EDMSchedule(sigma_data=data_std, sigma_max=20 * data_std, P_mean=math.log(data_std), P_std=1.5)
+    schedule = _schedule(mixture, cfg)
+    generator, fake, disc = _networks(schedule, cfg, dim)
 
-    generator = mlp(dim, dim, cfg.width)
-    fake = Denoiser(TimeMLP(dim, dim, cfg.width), schedule, condition_key=None)
-    disc = RawDiscriminator(schedule, dim, cfg.width) if cfg.objective.needs_discriminator else None
-    objective = FDistillObjective(schedule, GaussianMixtureDenoiser(mixture, schedule), fake, disc, cfg.objective)
-
-    # 1) regress the generator on teacher ODE pairs (the DMD / CausVid initialisation)
     z, x = _ode_pairs(mixture, schedule, cfg, dim, g)
     opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
     for _ in range(cfg.warmup_steps):
@@ -167,45 +279,141 @@ def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | N
         loss.backward()
         opt_g.step()
 
-    critic_params = list(fake.parameters()) + (list(disc.parameters()) if disc is not None else [])
-    opt_c = torch.optim.Adam(critic_params, lr=cfg.lr_critic, betas=(0.0, 0.99))
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.0, 0.99))
-
-    def critic_step():
-        with torch.no_grad():
-            x0 = generator(torch.randn(cfg.batch_size, dim, generator=g))
-        real, _ = mixture.sample(cfg.batch_size, g)
-        loss, logs = objective.critic_loss(x0, real, generator=g)
-        opt_c.zero_grad()
-        loss.backward()
-        opt_c.step()
-        return logs
-
-    # 2) fit the fake score (and discriminator) to the initial student before moving it
+    critic = FDistillObjective(schedule, GaussianMixtureDenoiser(mixture, schedule), fake, disc,
+                               dataclasses.replace(cfg.objective, divergence="jensen_shannon"))
+    opt_c = torch.optim.Adam([*fake.parameters(), *disc.parameters()], lr=cfg.lr_critic, betas=(0.0, 0.99), fused=True)
     for _ in range(cfg.fake_warmup_steps):
-        critic_step()
-    history = []
+        _critic_step(critic, opt_c, generator, mixture, cfg.batch_size, dim, g)
+
+    samples = _sample(generator, cfg.eval_samples, dim, seed + 10_000)
+    return WarmStart(seed, {k: getattr(cfg, k) for k in _WARM_FIELDS}, generator.state_dict(), fake.state_dict(),
+                     disc.state_dict(), mode_metrics(mixture, samples), samples)
+
+
+def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | None = None, seed: int = 0,
+                progress: bool = False, init: WarmStart | None = None, **overrides) -> GMMResult:
+    """Distil a one-step MLP generator onto ``mixture`` with f-divergence ``divergence``.
+
+    ``overrides`` set :class:`GMMConfig` fields (``critic_steps=5``, ``drop_modes=(6, 7)``…) or, with an
+    ``objective_`` prefix, :class:`ObjectiveConfig` fields (``objective_gan_weight=1e-3``).
+    ``init``: a :func:`warm_start` made with the same seed and warm-up settings (else one is made here).
+    Returns the (EMA) student's samples (``eval_samples``, D), its mode metrics (with ``init`` metrics,
+    the mass on ``drop_modes`` and a :func:`ratio_check` when a discriminator is used), a history
+    and the EMA generator.
+    """
+    cfg = _config(overrides, divergence)
+    if steps is not None:
+        cfg.steps = steps
+    if init is None:
+        init = warm_start(mixture, seed, **overrides)
+    mismatch = {k: (v, getattr(cfg, k)) for k, v in init.config.items() if getattr(cfg, k) != v}
+    if init.seed != seed or mismatch:
+        raise ValueError(f"warm start was made with seed {init.seed} and other settings {mismatch} (warm, run)")
+
+    torch.manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
+    dim = mixture.means.shape[1]
+    schedule = _schedule(mixture, cfg)
+    generator, fake, disc = _networks(schedule, cfg, dim)
+    generator.load_state_dict(init.generator)
+    fake.load_state_dict(init.fake_score)
+    disc.load_state_dict(init.discriminator)
+    oracle = None
+    if cfg.discriminator == "oracle":
+        disc = oracle = OracleDiscriminator(mixture, generator, dim, cfg.oracle_ref, seed + 2)
+    if not cfg.objective.needs_discriminator:
+        disc = None
+    objective = FDistillObjective(schedule, GaussianMixtureDenoiser(mixture, schedule), fake, disc, cfg.objective)
+
+    critic_params = list(fake.parameters()) + (list(disc.parameters()) if disc is not None else [])
+    opt_c = torch.optim.Adam(critic_params, lr=cfg.lr_critic, betas=(0.0, 0.99), fused=True)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.0, 0.99), fused=True)
+    ema = copy.deepcopy(generator).requires_grad_(False)
+
+    def record(step: int, logs: dict) -> dict:
+        m = mode_metrics(mixture, _sample(ema, 2048, dim, seed + 20_000))
+        dropped = sum(m["mode_mass"][k] for k in cfg.drop_modes)
+        return {"step": step, "tv": m["tv"], "precision": m["precision"], "dropped_mass": dropped, **logs}
+
+    history = [record(0, {})]
     it = range(cfg.steps)
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc=f"gmm {divergence}", leave=False)
-    # 3) f-distill: critic steps, then one generator step
+    # f-distill: critic steps on the current student, then one generator step
+    c_logs: dict = {}
     for step in it:
+        if oracle is not None:
+            oracle.skip = True
         for _ in range(cfg.critic_steps):
-            c_logs = critic_step()
+            c_logs = _critic_step(objective, opt_c, generator, mixture, cfg.batch_size, dim, g)
+        if oracle is not None:
+            oracle.skip = False
         x0 = generator(torch.randn(cfg.batch_size, dim, generator=g))
         loss, g_logs = objective.generator_loss(x0, generator=g)
         opt_g.zero_grad()
         loss.backward()
         opt_g.step()
-        if step % 100 == 0 or step == cfg.steps - 1:
-            history.append({"step": step, **g_logs, **c_logs})
+        with torch.no_grad():
+            torch._foreach_lerp_(list(ema.parameters()), list(generator.parameters()), 1 - cfg.ema_decay)
+        if oracle is not None:
+            oracle.refresh()
+        if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
+            history.append(record(step + 1, {**g_logs, **c_logs}))
 
-    generator.eval()
-    with torch.no_grad():
-        samples = generator(torch.randn(cfg.eval_samples, dim, generator=torch.Generator().manual_seed(seed + 10_000)))
+    samples = _sample(ema, cfg.eval_samples, dim, seed + 10_000)
     metrics = mode_metrics(mixture, samples)
-    if disc is not None:
-        metrics["ratio_check"] = ratio_check(mixture, schedule, generator, disc, dim)
-    return GMMResult(samples, metrics, history, generator)
+    metrics["init"] = init.metrics
+    if cfg.drop_modes:
+        metrics["dropped_mass"] = sum(metrics["mode_mass"][k] for k in cfg.drop_modes)
+        metrics["dropped_weight"] = float(mixture.weights[list(cfg.drop_modes)].sum())
+    if disc is not None:  # against the student the discriminator was trained on (not the EMA)
+        metrics["ratio_check"] = ratio_check(mixture, generator, disc, dim, num_ref=cfg.check_samples,
+                                             r_min=cfg.objective.r_min, r_max=cfg.objective.r_max, seed=seed + 3)
+    return GMMResult(samples, metrics, history, ema)
+
+
+@torch.no_grad()
+def ratio_check(mixture: GaussianMixture, generator: nn.Module, discriminator: nn.Module, dim: int,
+                sigmas: tuple[float, ...] = (0.1, 0.3, 1.0), n: int = 1024, num_ref: int = 8192,
+                r_min: float = 0.1, r_max: float = 20.0, seed: int = 1) -> dict:
+    """The discriminator's log r against log p_t − log q_t, per noise level σ (EDM: t = σ).
+
+    Both sides are clipped to [log r_min, log r_max] as the objective clips r, so the numbers
+    describe what h(r) sees. At student points x_t ~ q_t (where h is applied): ``corr`` (and
+    ``corr_raw`` before clipping), ``mae`` after removing each side's mean (the normaliser divides
+    r by its mean, so an offset is harmless) and ``std`` of the true log r; ``corr_p`` at teacher
+    points x_t ~ p_t. ``disc_loss`` is the discriminator's loss at σ, ``bayes_loss`` that of the
+    true ratio: when the optimum itself is ≈ 2 log 2, a loss at chance says p_t ≈ q_t, not that the
+    discriminator failed.
+    """
+    g = torch.Generator().manual_seed(seed)
+    ref = generator(torch.randn(num_ref, dim, generator=g))
+    x_q = generator(torch.randn(n, dim, generator=g))
+    x_p, _ = mixture.sample(n, g)
+    lo, hi = math.log(r_min), math.log(r_max)
+
+    def corr(a: Tensor, b: Tensor) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
+
+    out = {}
+    for sigma in sigmas:
+        t = torch.full((n,), sigma)
+        pairs = {}
+        for side, x0 in (("q", x_q), ("p", x_p)):
+            x_t = x0 + sigma * torch.randn(x0.shape, generator=g)
+            pairs[side] = (mixture.log_prob(x_t, 1.0, sigma) - log_kde(x_t, ref, sigma), discriminator(x_t, t))
+        (true_q, est_q), (true_p, est_p) = pairs["q"], pairs["p"]
+        cq, eq = true_q.clamp(lo, hi), est_q.clamp(lo, hi)
+        out[f"sigma_{sigma:g}"] = {
+            "corr": corr(cq, eq),
+            "corr_raw": corr(true_q, est_q),
+            "mae": float(((cq - cq.mean()) - (eq - eq.mean())).abs().mean()),
+            "std": float(cq.std()),
+            "corr_p": corr(true_p.clamp(lo, hi), est_p.clamp(lo, hi)),
+            "disc_loss": float(discriminator_loss(est_p, est_q)),
+            "bayes_loss": float(discriminator_loss(true_p, true_q)),
+        }
+    return out

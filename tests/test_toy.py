@@ -1,7 +1,22 @@
+import math
+
 import pytest
 import torch
+from torch import nn
 
-from fdistill.toy import GaussianMixture, distill_gmm, mode_metrics
+from fdistill.toy import GaussianMixture, OracleDiscriminator, distill_gmm, log_kde, mode_metrics, warm_start
+
+TINY = dict(warmup_steps=300, fake_warmup_steps=10, batch_size=128, ode_pairs=1024, ode_steps=16, eval_samples=1000,
+            critic_steps=1, width=32, disc_width=32, eval_every=5, check_samples=1024)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny MLPs: a second thread only adds synchronisation (5x slower on a busy 2-core machine)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_mode_metrics_on_known_samples():
@@ -13,14 +28,49 @@ def test_mode_metrics_on_known_samples():
     assert m["tv"] == pytest.approx(0.5 * (0.15 + 0.05 + 0.2))
 
 
+def test_log_kde_is_the_noised_empirical_density():
+    ref = torch.randn(5, 2)
+    x, sigma = torch.randn(7, 2), 0.7
+    exact = GaussianMixture(ref, sigma).log_prob(x)
+    torch.testing.assert_close(log_kde(x, ref, sigma, chunk=3), exact)
+    torch.testing.assert_close(log_kde(x, ref, torch.full((7,), sigma)), exact)
+
+
+def test_oracle_discriminator_returns_the_true_log_ratio():
+    # student x0 = z (a unit Gaussian at 0), teacher a unit Gaussian at (1, 0): log r is analytic
+    teacher = GaussianMixture([[1.0, 0.0]], 1.0)
+    oracle = OracleDiscriminator(teacher, nn.Identity(), dim=2, num_ref=20000)
+    x, sigma = torch.randn(64, 2) * 0.5, 1.0
+    var = 1.0 + sigma**2
+    true = (-((x - torch.tensor([1.0, 0.0])) ** 2).sum(1) + (x**2).sum(1)) / (2 * var)
+    assert (oracle(x, torch.tensor(sigma)) - true).abs().mean() < 0.05
+    oracle.skip = True
+    assert (oracle(x, torch.tensor(sigma)) == 0).all()
+
+
 def test_distill_gmm_runs_the_shared_objective():
     gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3, [0.7, 0.3])
-    res = distill_gmm(gmm, "js", steps=20, seed=0, warmup_steps=300, fake_warmup_steps=20, batch_size=128,
-                      ode_pairs=1024, ode_steps=16, eval_samples=2000, critic_steps=1, width=32)
-    assert res.samples.shape == (2000, 2)
+    res = distill_gmm(gmm, "js", steps=10, seed=0, **TINY)
+    assert res.samples.shape == (1000, 2)
     assert res.metrics["modes_covered"] == 2 and res.metrics["precision"] > 0.6
-    assert {"r_mean", "h_max", "dm", "disc"} <= set(res.history[-1])
-    assert "ratio_check" in res.metrics
+    assert {"r_mean", "h_max", "dm", "disc", "tv", "dropped_mass"} <= set(res.history[-1])
+    assert [h["step"] for h in res.history] == [0, 5, 10]
+    check = res.metrics["ratio_check"]["sigma_1"]
+    assert {"corr", "corr_p", "mae", "disc_loss", "bayes_loss"} <= set(check)
+    assert all(math.isfinite(v) for v in check.values())
+
+
+def test_warm_start_is_shared_across_divergences():
+    gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3, [0.9, 0.1])
+    warm = warm_start(gmm, seed=1, drop_modes=(1,), **TINY)
+    assert warm.metrics["mode_mass"][1] == 0.0  # the ODE pairs lack mode 1
+    a = distill_gmm(gmm, "reverse_kl", steps=3, seed=1, init=warm, drop_modes=(1,), **TINY)
+    b = distill_gmm(gmm, "reverse_kl", steps=3, seed=1, drop_modes=(1,), **TINY)
+    torch.testing.assert_close(a.samples, b.samples)
+    assert a.metrics["dropped_weight"] == pytest.approx(0.1)
+    assert "ratio_check" not in a.metrics  # reverse-KL reads no ratio, so it trains no discriminator
+    with pytest.raises(ValueError, match="warm start"):
+        distill_gmm(gmm, "js", steps=1, seed=1, init=warm, **TINY)
 
 
 def test_distill_gmm_rejects_unknown_options():
@@ -29,3 +79,5 @@ def test_distill_gmm_rejects_unknown_options():
         distill_gmm(gmm, "js", bogus=1)
     with pytest.raises(ValueError, match="unknown divergence"):
         distill_gmm(gmm, "nope", steps=1)
+    with pytest.raises(ValueError, match="discriminator"):
+        distill_gmm(gmm, "js", steps=1, discriminator="exact")
