@@ -164,3 +164,12 @@ def test_two_cpu_processes_with_gloo(tiny_digits_teacher, tmp_path):
     # all-reduced statistics: both ranks see the mean of r over ranks (1 and 3 → 2) and the global mean of h
     assert "RANK0 ema=[2.0, 1.0] h=0.666667" in res.stdout and "RANK1 ema=[2.0, 1.0] h=1.333333" in res.stdout
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+def test_bf16_mixed_precision_and_gradient_accumulation(tiny_digits_teacher, tmp_path):
+    out = distill(tiny_config(tiny_digits_teacher, tmp_path, steps=1, export=False, mixed_precision="bf16",
+                              gradient_accumulation_steps=2))
+    weights = student_weights(out, 2)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
+    with pytest.raises(ConfigError, match="mixed_precision 'fp8' is not one of"):
+        tiny_config(tiny_digits_teacher, tmp_path, mixed_precision="fp8")

@@ -30,7 +30,7 @@ from fdistill.schedules import NoiseSchedule
 from .checkpoint import atomic_write_text, load_checkpoint, resolve_resume, save_checkpoint
 from .config import load_config, save_config
 from .distill_config import DataSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
-from .distributed import assert_replicas_agree, sync_gradients
+from .distributed import assert_replicas_agree, make_accelerator, sync_gradients
 from .sources import RealData, Teacher, load_teacher_for, ode_pairs
 
 __all__ = ["DataSpec", "DistillConfig", "OneStepGenerator", "OptimSpec", "TeacherSpec", "WarmupSpec", "distill",
@@ -61,6 +61,15 @@ def _check_finite(loss: Tensor, what: str, step: int, logs: dict, out: Path) -> 
                                  "are intact: lower the learning rates and --resume")
 
 
+def _tensorboard_writer(path: Path):
+    """A SummaryWriter when the ``tensorboard`` extra is installed, else None (JSONL is always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
+
+
 def _mean_logs(window: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for w in window for k in w}
     return {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in sorted(keys)}
@@ -74,15 +83,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
     """Run f-distill; returns ``output_dir`` (with ``pipeline/`` when ``export``)."""
-    from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     out = Path(config.output_dir)
-    # without cpu=True, accelerate treats a torchrun launch on a CPU-only machine as one process
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(config.mixed_precision)
     device, rank = accelerator.device, accelerator.process_index
 
     obj_cfg = config.objective
@@ -173,6 +180,7 @@ def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
         z, c = draw(g, config.batch_size)
         return objective.generator_loss(student(z, c), c, generator=g)
 
+    tensorboard = _tensorboard_writer(out / "tensorboard") if accelerator.is_main_process else None
     bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps, desc="f-distill",
                disable=not accelerator.is_local_main_process)
     tic, window = time.perf_counter(), []
@@ -197,10 +205,16 @@ def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
             if accelerator.is_main_process:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
+                if tensorboard is not None:
+                    for k, v in record.items():
+                        if isinstance(v, float):
+                            tensorboard.add_scalar(k, v, done)
         if done % config.checkpoint_every == 0 or done == config.total_steps:
             assert_replicas_agree(student_params, "student weights")
             save_checkpoint(accelerator, out, done, {}, keep=config.checkpoints_to_keep, modules=states)
     bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and config.export:
