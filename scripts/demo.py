@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("--output", default=str(ROOT / "outputs/demo"))
     ap.add_argument("--num-samples", type=int, default=None, help="FID samples (default: as the teacher's record)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. objective.divergence=fkl steps=100")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: tiny models gain little from a second thread and lose a lot "
+                         "when anything else runs; 0: torch's default)")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
