@@ -30,6 +30,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def truncate_metrics(path: str | Path, step: int) -> None:
+    """Drop JSONL log lines written after ``step`` (the checkpoint a run resumes from)."""
+    path = Path(path)
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
     output_dir = Path(output_dir)

@@ -27,7 +27,7 @@ from fdistill.models.discriminator import FeatureDiscriminator
 from fdistill.objective import FDistillObjective
 from fdistill.schedules import NoiseSchedule
 
-from .checkpoint import atomic_write_text, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint, truncate_metrics
 from .config import load_config, save_config
 from .distill_config import DataSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
 from .distributed import assert_replicas_agree, make_accelerator, sync_gradients
@@ -73,12 +73,6 @@ def _tensorboard_writer(path: Path):
 def _mean_logs(window: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for w in window for k in w}
     return {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in sorted(keys)}
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
@@ -131,7 +125,7 @@ def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
         start = int(load_checkpoint(accelerator, ckpt, states)["step"])
         ema.to(device)
         if accelerator.is_main_process:
-            _truncate_metrics(metrics_path, start)
+            truncate_metrics(metrics_path, start)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
