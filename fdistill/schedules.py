@@ -306,6 +306,15 @@ class VPSchedule(NoiseSchedule):
             return alpha * x_t - sigma * output
         return output
 
+    def x0_loss_weight(self, t: Tensor) -> Tensor:
+        """ε: (α/σ)²; v: 1/σ² (α² + σ² = 1, so ‖v̂ − v‖² = ‖x̂0 − x0‖²/σ²); sample: 1."""
+        alpha, sigma = self.alpha_sigma(t)
+        if self.prediction_type == "epsilon":
+            return (alpha / sigma) ** 2
+        if self.prediction_type == "v_prediction":
+            return 1 / sigma**2
+        return torch.ones_like(sigma)
+
     def sample_training_t(self, batch_size, generator=None, device="cpu"):
         u = torch.rand(batch_size, generator=generator, device=device)
         return (u * self.num_train_timesteps).floor().clamp_max(self.num_train_timesteps - 1)
@@ -344,6 +353,10 @@ class FlowMatchingSchedule(NoiseSchedule):
     @property
     def t_min(self) -> float:
         return self._t_min
+
+    def x0_loss_weight(self, t: Tensor) -> Tensor:
+        """Velocity MSE: x̂0 − x0 = −t (v̂ − v), so ‖v̂ − v‖² = ‖x̂0 − x0‖² / t² (1 for x0 prediction)."""
+        return torch.ones_like(t) if self.prediction_type == "sample" else 1 / t**2
 
     def shift_t(self, t: Tensor) -> Tensor:
         return self.shift * t / (1 + (self.shift - 1) * t)

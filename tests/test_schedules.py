@@ -128,3 +128,25 @@ def test_schedule_round_trips_through_a_diffusers_scheduler(schedule):
     t = schedule.sampling_times(5)[:-1]
     for a, b in zip(back.alpha_sigma(t), schedule.alpha_sigma(t), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("schedule", [EDMSchedule(), VPSchedule(), VPSchedule(prediction_type="v_prediction"),
+                                      FlowMatchingSchedule(shift=2.0)])
+def test_x0_loss_weight_equals_the_native_target_loss(schedule):
+    """λ(t)‖x̂0 − x0‖² must equal the loss on each schedule's own network target."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps, out = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    t = schedule.sampling_times(8)[1:7]
+    x_t = schedule.add_noise(x0, eps, t)
+    a, s = schedule.alpha_sigma(t[:, None])
+    err_x0 = (schedule.to_x0(out, x_t, t) - x0).pow(2).sum(1)
+    if isinstance(schedule, EDMSchedule):  # F-target: (x0 − c_skip x_t) / c_out
+        c_skip, c_out, _ = schedule._c(t[:, None])
+        native = (out - (x0 - c_skip * x_t) / c_out).pow(2).sum(1)
+    elif isinstance(schedule, FlowMatchingSchedule):
+        native = (out - (eps - x0)).pow(2).sum(1)
+    elif schedule.prediction_type == "epsilon":
+        native = (out - eps).pow(2).sum(1)
+    else:
+        native = (out - (a * eps - s * x0)).pow(2).sum(1)
+    torch.testing.assert_close(schedule.x0_loss_weight(t) * err_x0, native, rtol=1e-4, atol=1e-4)
