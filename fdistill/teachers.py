@@ -92,6 +92,8 @@ def export_teacher_asset(model_dir: str | Path, asset_path: str | Path,
     """
     from safetensors.torch import load_file, save_file
 
+    from fdistill.training.checkpoint import atomic_write_text
+
     model_dir, asset_path = Path(model_dir), Path(asset_path)
     meta = json.loads((model_dir / "teacher.json").read_text())
     weights = {f"model.{k}": v for k, v in load_file(model_dir / "model" / "diffusion_pytorch_model.safetensors").items()}
@@ -103,9 +105,12 @@ def export_teacher_asset(model_dir: str | Path, asset_path: str | Path,
     if metrics is not None:
         meta["metrics"] = metrics
     asset_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(asset_path))
+    tmp = asset_path.with_name(f".{asset_path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
+    tmp.chmod(0o644)
+    tmp.replace(asset_path)
     json_path = asset_path.with_suffix(".json")
-    json_path.write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
     return json_path
 
 

@@ -9,9 +9,23 @@ import torch
 from safetensors.torch import load_file
 
 from fdistill.denoisers import Denoiser
-from fdistill.teachers import DIGITS_TEACHER, export_teacher_asset, load_digits_teacher, load_teacher
+from fdistill.teachers import (
+    DIGITS_TEACHER,
+    MOVING_DIGITS_TEACHER,
+    export_teacher_asset,
+    load_digits_teacher,
+    load_moving_digits_teacher,
+    load_teacher,
+)
 from fdistill.training.config import ConfigError, build, load_config
-from fdistill.training.teacher import TeacherConfig, TeacherNet, build_teacher_net, teacher_loss, train_teacher
+from fdistill.training.teacher import (
+    TeacherConfig,
+    TeacherNet,
+    build_teacher_net,
+    lr_factor,
+    teacher_loss,
+    train_teacher,
+)
 
 TINY_UNET = {
     "sample_size": 16, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
@@ -118,10 +132,20 @@ def test_wan_teacher_with_label_embedding(tmp_path):
     ({"data": {"name": "cifar"}}, "cifar"),
     ({"data": {"name": "digits"}, "model": {"kind": "dit"}}, "model.kind"),
     ({"data": {"name": "digits"}, "loss_weighting": "velocity"}, "flow"),
+    ({"data": {"name": "digits"}, "lr_schedule": "step"}, "lr_schedule"),
 ])
 def test_bad_config_raises_clear_error(data, message):
     with pytest.raises(ConfigError, match=message):
         build(TeacherConfig, data)
+
+
+def test_lr_schedule():
+    cfg = build(TeacherConfig, {"data": {"name": "digits"}, "steps": 110, "warmup_steps": 10,
+                                "lr_schedule": "cosine", "min_lr_ratio": 0.2})
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == 1.0
+    assert lr_factor(cfg, 60) == pytest.approx(0.6) and lr_factor(cfg, 110) == pytest.approx(0.2)
+    constant = build(TeacherConfig, {"data": {"name": "digits"}, "warmup_steps": 10})
+    assert lr_factor(constant, 500) == 1.0
 
 
 def test_bad_model_config_raises(tmp_path):
@@ -145,3 +169,12 @@ def test_shipped_digits_teacher():
     x0 = denoiser(x_t, torch.full((4,), 2.0), torch.arange(4))
     assert x0.shape == (4, 1, 16, 16) and torch.isfinite(x0).all()
     assert "metrics" in denoiser.metadata
+
+
+@pytest.mark.skipif(not MOVING_DIGITS_TEACHER.is_file(), reason="moving-digits teacher asset not trained yet")
+def test_shipped_moving_digits_teacher():
+    denoiser = load_moving_digits_teacher(guidance_scale=2.0)
+    cond = denoiser.label_embedding(torch.tensor([3, 8]))
+    x_t = torch.randn(2, 1, 12, 16, 16)
+    x0 = denoiser(x_t, torch.tensor([0.9, 0.4]), cond)
+    assert x0.shape == x_t.shape and torch.isfinite(x0).all()

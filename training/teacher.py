@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,12 +31,20 @@ from fdistill.losses import denoising_loss
 from fdistill.schedules import SCHEDULES, NoiseSchedule, get_schedule
 from fdistill.teachers import LabelEmbedding, model_class
 
-from .checkpoint import atomic_write_text, load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    resolve_resume,
+    save_checkpoint,
+    truncate_metrics,
+)
 from .config import ConfigError, load_config, save_config
+from .distributed import make_accelerator
 
 MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel"}
 DATASETS = ("digits", "moving_digits")
 LOSS_WEIGHTINGS = ("schedule", "velocity")
+LR_SCHEDULES = ("constant", "cosine")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -93,6 +102,8 @@ class TeacherConfig:
     steps: int = 1500
     lr: float = 1e-3
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -120,6 +131,10 @@ class TeacherConfig:
                      "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule {self.lr_schedule!r} unknown; valid: {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("need lr > 0, warmup_steps >= 0 and grad_clip >= 0 (0 disables clipping)")
 
@@ -197,6 +212,16 @@ def teacher_loss(net: nn.Module, schedule: NoiseSchedule, x0: Tensor, labels: Te
     return denoising_loss(x0_hat, x0, weight)
 
 
+def lr_factor(config: TeacherConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to ``min_lr_ratio`` at ``steps``."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _teacher_metadata(config: TeacherConfig, net: TeacherNet) -> dict[str, Any]:
     return {
         "model_class": type(net.model).__name__,
@@ -210,14 +235,6 @@ def _teacher_metadata(config: TeacherConfig, net: TeacherNet) -> dict[str, Any]:
     }
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
 def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Path:
     """Train, checkpoint every ``checkpoint_every`` steps, and save the EMA teacher.
 
@@ -225,7 +242,6 @@ def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Pa
     and at the end ``model/`` (EMA weights, ``save_pretrained``), ``teacher.json`` and, for wan,
     ``label_embedding.safetensors``. Returns ``output_dir``.
     """
-    from accelerate import Accelerator
     from diffusers.training_utils import EMAModel
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -233,15 +249,14 @@ def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Pa
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     out = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              gradient_accumulation_steps=config.gradient_accumulation_steps)
+    accelerator = make_accelerator(config.mixed_precision,
+                                   gradient_accumulation_steps=config.gradient_accumulation_steps)
     torch.manual_seed(config.seed)
     schedule = get_schedule(config.schedule.name, **config.schedule.kwargs)
     net = build_teacher_net(config)
     source = _BatchSource(config.data)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(config.warmup_steps, 1)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
     ema = EMAModel(net.parameters(), decay=config.ema_decay)
     net, optimizer, lr_schedule = accelerator.prepare(net, optimizer, lr_schedule)
     ema.to(accelerator.device)
@@ -254,7 +269,7 @@ def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Pa
         start = int(load_checkpoint(accelerator, ckpt)["step"])
         ema.to(accelerator.device)
         if accelerator.is_main_process:
-            _truncate_metrics(metrics_path, start)
+            truncate_metrics(metrics_path, start)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
