@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fdistill.eval.pipeline_eval import generate, image_metrics
+from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sampler
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import DIGITS_TEACHER
 from fdistill.training.config import load_config
@@ -46,13 +46,8 @@ def main() -> None:
     distill(cfg, resume="latest")
     train_s = time.perf_counter() - tic
 
-    pipe = FDistillPipeline.from_pretrained(out / "pipeline")
-    pipe.set_progress_bar_config(disable=True)
     n = args.num_samples or int(teacher.get("num_samples", 2000))
-
-    def sampler(labels, g):
-        return pipe(class_labels=labels.tolist(), generator=g, output_type="pt").images * 2 - 1
-
+    sampler = pipeline_sampler(FDistillPipeline.from_pretrained(out / "pipeline"))
     images, labels, ips = generate(sampler, n, 250, seed=1234)
     m = image_metrics(images, labels)
     from torchvision.utils import save_image

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fdistill.eval.pipeline_eval import generate, image_metrics
+from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sampler
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
 from fdistill.training.checkpoint import latest_checkpoint
@@ -37,13 +37,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 10) -> None:
 
 
 def student_sampler(pipeline_dir: Path):
-    pipe = FDistillPipeline.from_pretrained(pipeline_dir)
-    pipe.set_progress_bar_config(disable=True)
-
-    def sample(labels, g):
-        return pipe(class_labels=labels.tolist(), generator=g, output_type="pt").images * 2 - 1
-
-    return sample
+    return pipeline_sampler(FDistillPipeline.from_pretrained(pipeline_dir))
 
 
 def teacher_sampler(steps: int):

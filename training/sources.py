@@ -87,6 +87,21 @@ def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: tor
                    {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler})
 
 
+@torch.no_grad()
+def teacher_samples(teacher: Teacher, n: int, steps: int, batch_size: int, g: torch.Generator,
+                    device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """(z, condition, x0) for ``n`` samples of the teacher's reference sampler, drawn batch by batch."""
+    den, zs, cs, xs = teacher.denoiser, [], [], []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        c = teacher.conditions(b, g)
+        z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
+        xs.append(den.schedule.sample(lambda x, t, c=c: den(x, t, c), z, steps))
+        zs.append(z)
+        cs.append(c)
+    return torch.cat(zs), torch.cat(cs), torch.cat(xs)
+
+
 class RealData:
     """Real samples x0 and their conditions for the discriminator."""
 
@@ -101,15 +116,8 @@ class RealData:
             self.x, self.c = x.to(device), y.to(device)
         else:
             g = torch.Generator().manual_seed(config.seed + 12345)
-            n, xs, cs = config.data.num_samples, [], []
-            for i in range(0, n, config.batch_size):
-                b = min(config.batch_size, n - i)
-                c = teacher.conditions(b, g)
-                z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
-                xs.append(teacher.denoiser.schedule.sample(lambda x, t, c=c: teacher.denoiser(x, t, c), z,
-                                                           config.data.sample_steps))
-                cs.append(c)
-            self.x, self.c = torch.cat(xs), torch.cat(cs)
+            _, self.c, self.x = teacher_samples(teacher, config.data.num_samples, config.data.sample_steps,
+                                                config.batch_size, g, device)
 
     def __call__(self, batch: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
         i = torch.randint(self.x.shape[0], (batch,), generator=g).to(self.device)
@@ -126,16 +134,7 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
         if d["z"].shape[0] == spec.ode_pairs:
             return d["z"].to(device), d["c"].to(device), d["x"].to(device)
     g = torch.Generator().manual_seed(seed + 777)
-    zs, cs, xs = [], [], []
-    den = teacher.denoiser
-    for i in range(0, spec.ode_pairs, batch_size):
-        b = min(batch_size, spec.ode_pairs - i)
-        c = teacher.conditions(b, g)
-        z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
-        xs.append(den.schedule.sample(lambda x, t, c=c: den(x, t, c), z, spec.ode_steps))
-        zs.append(z)
-        cs.append(c)
-    z, c, x = torch.cat(zs), torch.cat(cs), torch.cat(xs)
+    z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.tmp")

@@ -65,6 +65,17 @@ def image_metrics(images: Tensor, labels: Tensor | None = None, reference: Tenso
     return report
 
 
+def pipeline_sampler(pipe) -> Sampler:
+    """A :data:`Sampler` over an image pipeline (class labels, or unconditional batches), images in [−1, 1]."""
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample(labels: Tensor, g: torch.Generator) -> Tensor:
+        kw = {"class_labels": labels.tolist()} if pipe.takes_class_labels else {"batch_size": len(labels)}
+        return pipe(generator=g, output_type="pt", **kw).images * 2 - 1
+
+    return sample
+
+
 def evaluate_pipeline(pipeline: str | Path, num_samples: int = 2000, batch_size: int = 250, seed: int = 0,
                       inception_weights: str | None = None, device: str = "cpu", num_classes: int = 10) -> dict:
     """Sample a class-conditional or unconditional :class:`FDistillPipeline` and report its metrics.
@@ -78,16 +89,10 @@ def evaluate_pipeline(pipeline: str | Path, num_samples: int = 2000, batch_size:
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{path} is not a pipeline folder (no model_index.json)")
     pipe = FDistillPipeline.from_pretrained(path).to(device)
-    pipe.set_progress_bar_config(disable=True)
     if pipe.conditioning == "text":
         raise ValueError("evaluate_pipeline scores class-conditional/unconditional pipelines; for a text "
                          "pipeline, sample your prompts and call fdistill.eval.pipeline_eval.image_metrics")
-
-    def sampler(labels: Tensor, g: torch.Generator) -> Tensor:
-        kw = {"class_labels": labels.tolist()} if pipe.takes_class_labels else {"batch_size": len(labels)}
-        return pipe(generator=g, output_type="pt", **kw).images * 2 - 1
-
-    images, labels, ips = generate(sampler, num_samples, batch_size, seed, num_classes)
+    images, labels, ips = generate(pipeline_sampler(pipe), num_samples, batch_size, seed, num_classes)
     report = image_metrics(images, labels if pipe.takes_class_labels else None, inception_weights=inception_weights)
     report["images_per_second"] = ips
     return report
