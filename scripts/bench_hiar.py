@@ -1,6 +1,6 @@
 """Benchmark the HiAR cell orders on CPU and write reports/hiar_bench.json.
 
-    python scripts/bench_hiar.py [--repeats 5] [--output reports/hiar_bench.json]
+    python scripts/bench_hiar.py [--repeats 5] [--output reports/hiar_bench.json] [--device cuda]
 
 1. Orders, same inputs, one run of this script: sequential, hierarchical, wavefront (each with
    and without the fused cache write) in one process with one torch thread, and pipelined with 2
@@ -15,6 +15,10 @@
 
 One torch thread per process: on this shared 2-core machine two OpenMP threads per process run
 this small model 10-30× slower than one (oversubscription). Numbers are noisy; medians are reported.
+
+``--device cuda`` runs the single-process orders and the window study on one GPU (memory: CUDA
+peak allocated); the pipelined runtime needs one GPU per rank (NCCL), so it is skipped unless
+``torch.cuda.device_count() >= 2``.
 """
 
 from __future__ import annotations
@@ -38,8 +42,17 @@ from fdistill.schedules import FlowMatchingSchedule
 # the moving-digits teacher's shape (configs/moving_digits_teacher.yaml), random weights
 SMALL = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=1, out_channels=1,
              text_dim=32, freq_dim=32, ffn_dim=128, num_layers=4, rope_max_seq_len=64)
+# a wider model on 32x32 frames (256 tokens per frame), where batching matters on a GPU
+MEDIUM = dict(SMALL, num_attention_heads=8, attention_head_dim=64, ffn_dim=2048, num_layers=8, text_dim=64)
+MODELS = {"small": (SMALL, 16), "medium": (MEDIUM, 32)}
 STEPS = [1000, 750, 500, 250]
 F, SIZE = 2, 16
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def _median_time(fn, repeats: int) -> tuple[float, list[float], float]:
@@ -47,15 +60,17 @@ def _median_time(fn, repeats: int) -> tuple[float, list[float], float]:
     fn()
     times, cpu = [], []
     for _ in range(repeats):
+        _sync()
         start, cpu_start = time.perf_counter(), time.process_time()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - cpu_start)
     return statistics.median(times), times, statistics.median(cpu)
 
 
 def _run(model, schedule, plan, condition, order, on_cell=None, stream=False):
-    cells = HiARCells(model, schedule, plan, condition, NoiseBank(0, (1, 1, F, SIZE, SIZE)),
+    cells = HiARCells(model, schedule, plan, condition, NoiseBank(0, (1, 1, F, SIZE, SIZE), device=DEVICE),
                       clean_context=order == "sequential", on_block=(lambda b, x0: None) if stream else None)
     with torch.no_grad():
         run_cells(cells, cell_waves(order, plan.num_blocks, plan.num_steps), on_cell and (lambda: on_cell(cells)))
@@ -84,7 +99,8 @@ def bench_orders(model, schedule, condition, repeats: int) -> dict:
     base, base_cpu = out["orders"]["hierarchical"]["median_s"], out["orders"]["hierarchical"]["cpu_median_s"]
     plan = HiARPlan(times, num_blocks, F)
     bank = NoiseBank(0, (1, 1, F, SIZE, SIZE))
-    for processes in (2, 4):
+    gpus = torch.cuda.device_count() if DEVICE.type == "cuda" else 0
+    for processes in (2, 4) if DEVICE.type == "cpu" else [p for p in (2, 4) if p <= gpus]:
         runs, computes, cpus = [], [], []
         for i in range(repeats + 1):
             timing: dict = {}
@@ -139,6 +155,9 @@ def bench_window(model, schedule, condition, repeats: int) -> dict:
                        "window_multiple": multiple, "seconds_per_frame": median / frames,
                        "peak_state_bytes": peak["state"], "peak_cache_bytes": peak["cache"],
                        "process_max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+                if DEVICE.type == "cuda":
+                    row["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated(DEVICE) / 2**20
+                    torch.cuda.reset_peak_memory_stats(DEVICE)
                 out["runs"].append(row)
                 print(f"{order:12s} window={row['window']!s:4s} {frames:3d} frames  {1e3 * median / frames:6.1f} ms/frame"
                       f"  state {peak['state'] / 1024:7.1f} KiB  cache {peak['cache'] / 1024:7.1f} KiB", flush=True)
@@ -149,17 +168,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", default="reports/hiar_bench.json")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: single-process orders on one GPU")
+    parser.add_argument("--model", default="small", choices=list(MODELS),
+                        help="small: the moving-digits teacher's shape on 16x16; medium: 8x64 heads, 8 layers, 32x32")
     args = parser.parse_args()
+    global DEVICE, SIZE
+    DEVICE = torch.device(args.device)
+    config, SIZE = MODELS[args.model]
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = CausalWanTransformer3DModel(**SMALL).eval()
+    model = CausalWanTransformer3DModel(**config).eval().to(DEVICE)
     schedule = FlowMatchingSchedule(shift=2.0)
-    condition = torch.randn(1, 1, SMALL["text_dim"], generator=torch.Generator().manual_seed(0))
+    condition = torch.randn(1, 1, config["text_dim"], generator=torch.Generator().manual_seed(0)).to(DEVICE)
     start, load_start = time.perf_counter(), os.getloadavg()
     report = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+        "machine": {"device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
+                    "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "threads_per_process": 1, "load_average_start": load_start},
-        "model": {"config": SMALL, "parameters": sum(p.numel() for p in model.parameters()),
+        "model": {"name": args.model, "config": config, "parameters": sum(p.numel() for p in model.parameters()),
                   "frame": [1, SIZE, SIZE], "batch": 1, "denoising_steps": STEPS},
         "repeats": args.repeats,
         "orders": bench_orders(model, schedule, condition, args.repeats),

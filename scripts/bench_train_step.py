@@ -1,6 +1,9 @@
 """Per-iteration cost of the f-divergence weighting vs reverse-KL, in one run on the same inputs.
 
     .venv/bin/python scripts/bench_train_step.py [--repeats 3] [--steps 12] [--batch-size 32]
+        [--mixed-precision bf16] [--report reports/bench_train_step.json]
+
+The trainer runs on the GPU when one is visible (accelerate), else on the CPU.
 
 Every divergence runs the same trainer (``fdistill distill``) on the shipped digits teacher with the
 same discriminator and GAN weight, so the only difference is h(r) and the ratio normaliser.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -33,6 +37,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--report", default=str(ROOT / "reports/bench_train_step.json"))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -43,10 +48,12 @@ def main() -> None:
                 out = Path(tmp) / f"{div}_{rep}"
                 cfg = load_config(DistillConfig, ROOT / "configs/digits_js.yaml", [
                     f"objective.divergence={div}", "warmup.steps=0", f"steps={args.steps}",
-                    f"batch_size={args.batch_size}", "log_every=1", f"checkpoint_every={args.steps}",
+                    f"batch_size={args.batch_size}", "log_every=1", f"mixed_precision={args.mixed_precision}", f"checkpoint_every={args.steps}",
                     "export=false", f"output_dir={out}"])
                 distill(cfg)
                 rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+                if not all(math.isfinite(v) for r in rows for v in r.values() if isinstance(v, float)):
+                    raise RuntimeError(f"{div}: non-finite metric in {rows}")
                 times[div].append(statistics.median(r["sec_per_step"] for r in rows[2:]))
                 print(div, rep, f"{times[div][-1]:.3f} s/it", flush=True)
     base = statistics.median(times[args.divergences[0]])
@@ -54,7 +61,8 @@ def main() -> None:
               "seconds_per_iteration": {d: statistics.median(v) for d, v in times.items()},
               "runs": times,
               "ratio_to_" + args.divergences[0]: {d: statistics.median(v) / base for d, v in times.items()},
-              "device": "cpu", "threads": torch.get_num_threads()}
+              "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "mixed_precision": args.mixed_precision, "threads": torch.get_num_threads()}
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

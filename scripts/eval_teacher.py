@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from fdistill.eval.fid import class_coverage, compute_fid
@@ -45,25 +44,29 @@ def _balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
 
 @torch.no_grad()
 def _sample(denoiser, labels: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float,
-            seed: int, batch: int) -> torch.Tensor:
+            seed: int, batch: int, device: str = "cpu") -> torch.Tensor:
+    """Samples on ``device`` from CPU-drawn noise (the same samples on any device, up to rounding)."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(labels), *shape, generator=g)
+    denoiser = denoiser.to(device)
     out = []
     for i in range(0, len(labels), batch):
-        y = labels[i : i + batch]
+        y = labels[i : i + batch].to(device)
         cond = y if denoiser.label_embedding is None else denoiser.label_embedding(y)
-        out.append(denoiser.schedule.sample(lambda x, t, c=cond: denoiser(x, t, c, guidance_scale=guidance),
-                                            noise[i : i + batch], steps).clamp(-1, 1))
+        x = denoiser.schedule.sample(lambda x, t, c=cond: denoiser(x, t, c, guidance_scale=guidance),
+                                     noise[i : i + batch].to(device), steps)
+        out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
-def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int) -> tuple[dict, torch.Tensor]:
+def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int,
+                device: str = "cpu") -> tuple[dict, torch.Tensor]:
     from fdistill.data.digits import load_digits_tensors
 
     denoiser = load_teacher(run)
     labels = _balanced_labels(num_samples)
     tic = time.perf_counter()
-    samples = _sample(denoiser, labels, (1, 16, 16), steps, guidance, seed, batch=500)
+    samples = _sample(denoiser, labels, (1, 16, 16), steps, guidance, seed, batch=500, device=device)
     sample_s = time.perf_counter() - tic
     reference, _ = load_digits_tensors("all")
     test, test_labels = load_digits_tensors("test")
@@ -81,18 +84,6 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
     return metrics, grid
 
 
-def _digit_crops(frames: torch.Tensor, glyph: int = 8) -> torch.Tensor:
-    """(N, 1, H, W) frames in [-1, 1] → (N, 1, 16, 16): a glyph-sized window at the brightness centroid."""
-    n, _, h, w = frames.shape
-    ink = (frames[:, 0] + 1) / 2
-    mass = ink.sum((1, 2)).clamp_min(1e-6)
-    rows, cols = torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32)
-    r = ((ink.sum(2) * rows).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, h - glyph).long()
-    c = ((ink.sum(1) * cols).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, w - glyph).long()
-    crops = torch.stack([frames[i, :, r[i] : r[i] + glyph, c[i] : c[i] + glyph] for i in range(n)])
-    return F.interpolate(crops, size=(16, 16), mode="bilinear", align_corners=False)
-
-
 def _centroid_speed(videos: torch.Tensor) -> float:
     ink = (videos[:, 0] + 1) / 2  # (B, F, H, W)
     mass = ink.sum((2, 3)).clamp_min(1e-6)
@@ -103,21 +94,18 @@ def _centroid_speed(videos: torch.Tensor) -> float:
 
 
 def _video_metrics(videos: torch.Tensor, labels: torch.Tensor) -> dict:
-    from fdistill.eval.video import evaluate_video
+    from fdistill.eval.video import evaluate_video, frame_accuracy
 
-    b, _, f, h, w = videos.shape
-    frames = videos.permute(0, 2, 1, 3, 4).reshape(b * f, 1, h, w)
-    frame_labels = labels.repeat_interleave(f)
     return {
-        "frame_accuracy_crop": class_coverage(_digit_crops(frames), labels=frame_labels)["accuracy"],
-        "frame_accuracy_full": class_coverage(frames, labels=frame_labels)["accuracy"],
+        "frame_accuracy_crop": frame_accuracy(videos, labels, crop=True),
+        "frame_accuracy_full": frame_accuracy(videos, labels, crop=False),
         "mean_frame_difference": (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean().item(),
         "centroid_speed_px_per_frame": _centroid_speed(videos),
         **evaluate_video(videos),
     }
 
 
-def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int):
+def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int, device: str = "cpu"):
     from fdistill.data.moving_digits import MovingDigits
 
     denoiser = load_teacher(run)
@@ -127,7 +115,7 @@ def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float,
     size = kwargs.get("size", 16)
     labels = _balanced_labels(num_samples)
     tic = time.perf_counter()
-    videos = _sample(denoiser, labels, (1, frames, size, size), steps, guidance, seed, batch=50)
+    videos = _sample(denoiser, labels, (1, frames, size, size), steps, guidance, seed, batch=50, device=device)
     sample_s = time.perf_counter() - tic
     real = MovingDigits(**{**kwargs, "num_videos": num_samples, "seed": 10_000 + seed})
     real_videos, real_labels = real.tensors()
@@ -152,6 +140,7 @@ def main(argv=None) -> None:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the teacher samples (metrics run on the CPU)")
     p.add_argument("--reports", type=Path, default=ROOT / "reports", help="where the JSON and PNG go")
     p.add_argument("--export", action="store_true", help="also write fdistill/assets/<teacher>_teacher.*")
     args = p.parse_args(argv)
@@ -161,11 +150,12 @@ def main(argv=None) -> None:
     reports = args.reports
     reports.mkdir(parents=True, exist_ok=True)
     if args.teacher == "digits":
-        metrics, grid = eval_digits(args.run, args.num_samples or 2000, args.steps or 18, args.guidance, args.seed)
+        metrics, grid = eval_digits(args.run, args.num_samples or 2000, args.steps or 18, args.guidance, args.seed,
+                                    args.device)
         save_image((grid + 1) / 2, reports / f"{name}_samples.png", nrow=10, padding=1)
     else:
         metrics, strip, frames = eval_moving_digits(args.run, args.num_samples or 200, args.steps or 25,
-                                                    args.guidance, args.seed)
+                                                    args.guidance, args.seed, args.device)
         save_image((strip + 1) / 2, reports / f"{name}_frames.png", nrow=frames, padding=1)
     config = (args.run / "config.yaml").read_text()
     report = {"teacher": name, "run": str(args.run), **_training_summary(args.run), **metrics,

@@ -178,3 +178,21 @@ def test_shipped_moving_digits_teacher():
     x_t = torch.randn(2, 1, 12, 16, 16)
     x0 = denoiser(x_t, torch.tensor([0.9, 0.4]), cond)
     assert x0.shape == x_t.shape and torch.isfinite(x0).all()
+
+
+@pytest.mark.skipif(not MOVING_DIGITS_TEACHER.is_file(), reason="moving-digits teacher asset not trained yet")
+def test_shipped_moving_digits_teacher_draws_the_asked_digit():
+    """One clip per class in 6 Euler steps: most frames show the conditioning digit (real clips: 97%).
+
+    The shipped teacher reaches 83% at 25 steps (reports/moving_digits_teacher.json); the
+    0.24M-parameter teacher before it reached 27%.
+    """
+    from fdistill.eval import frame_accuracy
+
+    denoiser = load_moving_digits_teacher()
+    labels = torch.arange(10)
+    noise = torch.randn(10, 1, 12, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = denoiser.label_embedding(labels)
+    with torch.no_grad():
+        videos = denoiser.schedule.sample(lambda x, t: denoiser(x, t, cond), noise, 6).clamp(-1, 1)
+    assert frame_accuracy(videos, labels) > 0.5

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from fdistill.data import MovingDigits
 from fdistill.eval import (
     VBenchUnavailable,
+    digit_crops,
     dynamic_degree,
     evaluate_video,
     flow_magnitude,
+    frame_accuracy,
     run_vbench,
     subject_consistency,
     temporal_drift,
@@ -158,3 +160,26 @@ def test_write_mp4s_roundtrip(tmp_path, moving):
             break
         frames.append(frame)
     assert len(frames) == 12 and frames[0].shape == (64, 64, 3)
+
+
+def test_frame_accuracy_reads_moving_digits():
+    data = MovingDigits(num_videos=20, num_frames=6, max_digits=1, seed=3, split="test")
+    videos, labels = data.tensors()
+    assert frame_accuracy(videos, labels) > 0.9  # the digit centred by its crop
+    wrong = (labels + 1) % 10
+    assert frame_accuracy(videos, wrong) < 0.2
+    noise = torch.rand_like(videos) * 2 - 1
+    assert frame_accuracy(noise, labels) < 0.4
+
+
+def test_digit_crops_centre_the_glyph():
+    frames = torch.full((2, 1, 16, 16), -1.0)
+    frames[0, :, 1:4, 10:13] = 1.0  # a 3x3 blob near the top right
+    frames[1, :, 12:15, 0:3] = 1.0  # near the bottom left
+    crops = digit_crops(frames, glyph=8, size=8)
+    assert crops.shape == (2, 1, 8, 8)
+    assert torch.equal((crops > 0).sum((1, 2, 3)), torch.tensor([9, 9]))  # the whole blob inside each crop
+    with pytest.raises(ValueError, match="glyph=20"):
+        digit_crops(frames, glyph=20)
+    with pytest.raises(ValueError, match="labels must be"):
+        frame_accuracy(frames[:, :, None], torch.zeros(3, dtype=torch.long))

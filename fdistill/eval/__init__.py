@@ -19,9 +19,11 @@ from fdistill.eval.fid import (
 from fdistill.eval.precision_recall import compute_precision_recall, precision_recall
 from fdistill.eval.vbench_adapter import VBenchUnavailable, run_vbench, write_mp4s
 from fdistill.eval.video import (
+    digit_crops,
     dynamic_degree,
     evaluate_video,
     flow_magnitude,
+    frame_accuracy,
     subject_consistency,
     temporal_drift,
     temporal_flickering,
@@ -34,8 +36,10 @@ __all__ = [
     "compute_fid",
     "compute_kid",
     "compute_precision_recall",
+    "digit_crops",
     "dynamic_degree",
     "evaluate_video",
+    "frame_accuracy",
     "extract_features",
     "feature_statistics",
     "fid_from_features",

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fdistill.eval.fid import fid_from_features, resolve_classifier, to_classifier_input, to_uint8
+from fdistill.eval.fid import class_coverage, fid_from_features, resolve_classifier, to_classifier_input, to_uint8
 from fdistill.models.classifier import DigitsClassifier
 
 
@@ -75,6 +75,43 @@ def frame_features(videos: torch.Tensor, classifier: DigitsClassifier | None = N
 def frame_confidence(videos: torch.Tensor, classifier: DigitsClassifier | None = None) -> torch.Tensor:
     """Classifier confidence (max softmax probability) of every frame: -> (B, F) in [0, 1]."""
     return _frame_outputs(videos, classifier)[1].max(dim=-1).values
+
+
+def digit_crops(frames: torch.Tensor, glyph: int = 8, size: int = 16) -> torch.Tensor:
+    """A glyph-sized window around each frame's brightness centroid, resized to the classifier's input.
+
+    For moving digits the digit (``glyph`` px) is small on its canvas; centring it first is how the
+    digits classifier can read it. frames: (N, 1, H, W) in [-1, 1] -> (N, 1, size, size).
+    """
+    if frames.ndim != 4 or frames.shape[1] != 1:
+        raise ValueError(f"frames must be (N, 1, H, W), got {tuple(frames.shape)}")
+    n, _, h, w = frames.shape
+    if not 0 < glyph <= min(h, w):
+        raise ValueError(f"glyph={glyph} must be in (0, {min(h, w)}] for {h}x{w} frames")
+    ink = (frames[:, 0].float() + 1) / 2
+    mass = ink.sum((1, 2)).clamp_min(1e-6)
+    rows = torch.arange(h, dtype=torch.float32, device=frames.device)
+    cols = torch.arange(w, dtype=torch.float32, device=frames.device)
+    r = ((ink.sum(2) * rows).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, h - glyph).long()
+    c = ((ink.sum(1) * cols).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, w - glyph).long()
+    crops = torch.stack([frames[i, :, r[i] : r[i] + glyph, c[i] : c[i] + glyph] for i in range(n)])
+    return F.interpolate(crops.float(), size=(size, size), mode="bilinear", align_corners=False)
+
+
+def frame_accuracy(videos: torch.Tensor, labels: torch.Tensor, classifier: DigitsClassifier | None = None,
+                   crop: bool = True) -> float:
+    """Fraction of frames the digits classifier assigns to their video's label.
+
+    videos: (B, 1, F, H, W) in [-1, 1]; labels: (B,). ``crop``: classify ``digit_crops`` of each
+    frame (moving digits) instead of the whole frame.
+    """
+    _check_videos(videos)
+    if labels.shape != (videos.shape[0],):
+        raise ValueError(f"labels must be ({videos.shape[0]},), got {tuple(labels.shape)}")
+    frames = _frames(videos)
+    if crop:
+        frames = digit_crops(frames)
+    return class_coverage(frames, classifier, labels=labels.repeat_interleave(videos.shape[2]))["accuracy"]
 
 
 def subject_consistency(
