@@ -29,6 +29,7 @@ import functools
 import importlib.util
 import math
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -113,12 +114,25 @@ def _compiled_flex_attention() -> Callable:
     return torch.compile(flex_attention, dynamic=False)
 
 
-def _flex(q, k, v, q_frames, k_frames, frames_per_block, window):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+_BLOCK_MASKS: OrderedDict = OrderedDict()
+_BLOCK_MASK_CACHE_SIZE = 64
 
-    batched = q_frames.ndim == 2 or k_frames.ndim == 2
-    if batched:
-        q_frames, k_frames = q_frames.expand(q.shape[0], -1), k_frames.expand(q.shape[0], -1)
+
+def _flex_block_mask(q_frames, k_frames, frames_per_block, window, batch, lq, lk, device):
+    """``create_block_mask`` for one frame layout, memoised (building it costs ~10 ms on a GPU).
+
+    The key holds the frame indices' values (a small device-to-host copy), so a cached mask is
+    reused only for exactly the same layout; least recently used masks are dropped past 64.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (str(device), batch, lq, lk, frames_per_block, window,
+           tuple(q_frames.shape), q_frames.cpu().numpy().tobytes(), tuple(k_frames.shape),
+           k_frames.cpu().numpy().tobytes())
+    if key in _BLOCK_MASKS:
+        _BLOCK_MASKS.move_to_end(key)
+        return _BLOCK_MASKS[key]
+    if batch is not None:
 
         def mask_mod(b, h, q_idx, kv_idx):
             return _visible(q_frames[b, q_idx], k_frames[b, kv_idx], frames_per_block, window)
@@ -127,9 +141,21 @@ def _flex(q, k, v, q_frames, k_frames, frames_per_block, window):
         def mask_mod(b, h, q_idx, kv_idx):
             return _visible(q_frames[q_idx], k_frames[kv_idx], frames_per_block, window)
 
-    block_mask = create_block_mask(
-        mask_mod, q.shape[0] if batched else None, None, q.shape[-2], k.shape[-2], device=q.device
-    )
+    mask = create_block_mask(mask_mod, batch, None, lq, lk, device=device)
+    _BLOCK_MASKS[key] = mask
+    if len(_BLOCK_MASKS) > _BLOCK_MASK_CACHE_SIZE:
+        _BLOCK_MASKS.popitem(last=False)
+    return mask
+
+
+def _flex(q, k, v, q_frames, k_frames, frames_per_block, window):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    batched = q_frames.ndim == 2 or k_frames.ndim == 2
+    if batched:
+        q_frames, k_frames = q_frames.expand(q.shape[0], -1), k_frames.expand(q.shape[0], -1)
+    block_mask = _flex_block_mask(q_frames, k_frames, frames_per_block, window, q.shape[0] if batched else None,
+                                  q.shape[-2], k.shape[-2], q.device)
     if q.is_cuda:
         return _compiled_flex_attention()(q, k, v, block_mask=block_mask)
     with warnings.catch_warnings():

@@ -106,3 +106,23 @@ def test_errors():
     with pytest.raises(ValueError, match="Lq"):
         block_causal_attention(q, k, v, q_frames=frames[:3], k_frames=frames, frames_per_block=2)
     assert set(available_backends("cpu")) <= set(BACKENDS)
+
+
+@pytest.mark.skipif("flex" not in CPU_BACKENDS, reason="flex attention needs PyTorch >= 2.5")
+def test_flex_block_mask_is_cached_per_layout():
+    from fdistill.kernels import attention
+
+    attention._BLOCK_MASKS.clear()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 24, 8, generator=g) for _ in range(3))
+    frames = torch.arange(6).repeat_interleave(4)
+    kw = dict(q_frames=frames, k_frames=frames, frames_per_block=2, backend="flex")
+    first = block_causal_attention(q, k, v, **kw)
+    again = block_causal_attention(q, k, v, q_frames=frames.clone(), k_frames=frames.clone(), frames_per_block=2,
+                                   backend="flex")
+    assert len(attention._BLOCK_MASKS) == 1 and torch.equal(first, again)
+    windowed = block_causal_attention(q, k, v, **kw, window=2)  # another layout: another mask, other output
+    assert len(attention._BLOCK_MASKS) == 2 and not torch.allclose(first, windowed)
+    reference = block_causal_attention(q, k, v, q_frames=frames, k_frames=frames, frames_per_block=2, window=2,
+                                       backend="reference")
+    torch.testing.assert_close(windowed, reference, atol=1e-5, rtol=1e-5)

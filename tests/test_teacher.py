@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -196,3 +197,23 @@ def test_shipped_moving_digits_teacher_draws_the_asked_digit():
     with torch.no_grad():
         videos = denoiser.schedule.sample(lambda x, t: denoiser(x, t, cond), noise, 6).clamp(-1, 1)
     assert frame_accuracy(videos, labels) > 0.5
+
+
+@dataclass
+class _Inner:
+    size: int = 1
+
+
+@dataclass
+class _Outer:
+    inner: _Inner | None = None
+    value: int | float = 0
+
+
+def test_config_error_inside_an_optional_section_names_the_bad_key():
+    Outer = _Outer
+    assert build(Outer, {"inner": None}).inner is None
+    with pytest.raises(ConfigError, match=r"config\.inner: unknown key\(s\) \['sise'\]; valid: \['size'\]"):
+        build(Outer, {"inner": {"sise": 2}})
+    with pytest.raises(ConfigError, match="config.value: 'x' is not a valid .*expected int.*expected float"):
+        build(Outer, {"value": "x"})

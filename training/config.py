@@ -46,14 +46,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _convert(arg, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} is not a valid {tp}")
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:  # `Section | None` and the like: the one real error says what is wrong
+            raise errors[0]
+        raise ConfigError(f"{where}: {value!r} is not a valid {tp} ({'; '.join(map(str, errors))})")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a section, got {value!r}")
