@@ -1,9 +1,13 @@
 """diffusers pipelines for fdistill students (installed as ``fdistill.pipelines``)."""
 
+from .diffusers_loading import register_with_diffusers
 from .fdistill_pipeline import FDistillPipeline, export_pipeline
 from .hiar_cell import HiARPlan, NoiseBank, generate_video
 from .hiar_parallel import generate_video_pipelined
 from .hiar_pipeline import HiARPipeline, HiARPipelineOutput, LabelEmbeddingModel, hiar_pipeline_from_teacher
+
+# DiffusionPipeline.from_pretrained(folder) finds our classes once this package is imported
+register_with_diffusers(FDistillPipeline, HiARPipeline)
 
 __all__ = [
     "FDistillPipeline",

@@ -25,12 +25,14 @@ from torch import Tensor
 from fdistill.denoisers import call_model
 from fdistill.schedules import NoiseSchedule, schedule_from_scheduler, scheduler_for
 
+from .diffusers_loading import SavesLoaderModule
+
 __all__ = ["FDistillPipeline", "export_pipeline"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-class FDistillPipeline(DiffusionPipeline):
+class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
     r"""Pipeline for one-step (or few-step) generation with an f-distill student.
 
     Components:

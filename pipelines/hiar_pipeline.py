@@ -30,6 +30,7 @@ from fdistill.models.causal_wan import CausalWanTransformer3DModel
 from fdistill.schedules import FlowMatchingSchedule, NoiseSchedule, schedule_from_scheduler
 from fdistill.teachers import LabelEmbedding
 
+from .diffusers_loading import SavesLoaderModule
 from .hiar_cell import HiARPlan, NoiseBank, check_order, denoising_times, generate_video
 
 __all__ = ["HiARPipeline", "HiARPipelineOutput", "LabelEmbeddingModel", "hiar_pipeline_from_teacher"]
@@ -74,7 +75,7 @@ class HiARPipelineOutput(BaseOutput):
     frames: np.ndarray | Tensor | list
 
 
-class HiARPipeline(DiffusionPipeline):
+class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
     r"""Few-step causal autoregressive video generation with a HiAR (or Self-Forcing) student.
 
     Components:

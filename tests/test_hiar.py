@@ -249,7 +249,10 @@ def test_pipeline_export_to_video(pipe, tmp_path, monkeypatch):
 
 
 def test_pipeline_save_and_load_round_trip(pipe, tmp_path):
+    from diffusers import DiffusionPipeline
+
     pipe.save_pretrained(tmp_path)
+    assert type(DiffusionPipeline.from_pretrained(tmp_path)) is HiARPipeline  # diffusers' own loader
     loaded = HiARPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded.transformer) is CausalWanTransformer3DModel

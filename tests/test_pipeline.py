@@ -80,6 +80,28 @@ def test_class_conditional_edm_round_trip(class_pipe, tmp_path):
     assert FDistillPipeline.from_pretrained(tmp_path / "again").vae is None
 
 
+def test_diffusers_own_loader_finds_the_pipeline(class_pipe, tmp_path, monkeypatch):
+    """DiffusionPipeline.from_pretrained works by name once fdistill.pipelines is imported, and by
+    diffusers' custom-pipeline route (pipeline.py in the folder) without that registration."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    class_pipe.save_pretrained(tmp_path)
+    assert (tmp_path / "pipeline.py").is_file()
+    kwargs = dict(class_labels=[1, 2], output_type="np")
+    before = class_pipe(generator=seeded(3), **kwargs).images
+    by_name = quiet(DiffusionPipeline.from_pretrained(tmp_path))
+    assert type(by_name) is FDistillPipeline
+    np.testing.assert_array_equal(by_name(generator=seeded(3), **kwargs).images, before)
+    monkeypatch.delattr(diffusers, "FDistillPipeline")
+    with pytest.raises(AttributeError, match="FDistillPipeline"):
+        DiffusionPipeline.from_pretrained(tmp_path)
+    # (diffusers copies pipeline.py into its modules cache, HF_HOME/modules)
+    custom = quiet(DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(tmp_path), trust_remote_code=True))
+    assert type(custom).__name__ == "FDistillPipeline"
+    np.testing.assert_array_equal(custom(generator=seeded(3), **kwargs).images, before)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_text_pipeline_round_trip(prediction_type, tmp_path):
     pipe = quiet(FDistillPipeline(**tiny_sd_components(seed=1, prediction_type=prediction_type)))
