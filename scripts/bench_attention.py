@@ -11,7 +11,8 @@ frame (1560 at 480p; default 256 here) and 3 latent frames per block. Two cases 
 
 For every backend available on the device: max |out − reference| (the reference runs in float32),
 median milliseconds over ``--repeats`` after warm-up, peak memory above the inputs (CUDA), and the
-time ratio to ``sdpa``. bfloat16 runs on CUDA only.
+time ratio to ``sdpa``; for ``flex`` also the forward with its block mask rebuilt on every call
+(``forward_mask_rebuilt_ms``, what the mask cache saves). bfloat16 runs on CUDA only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from fdistill.kernels import available_backends, block_causal_attention
+from fdistill.kernels import attention, available_backends, block_causal_attention
 
 
 def _sync(device: torch.device) -> None:
@@ -81,6 +82,13 @@ def bench_case(case: str, frames: int, args, device: torch.device, dtype: torch.
                 entry["max_abs_err"] = (out.float() - ref).abs().max().item()
             entry["forward_ms"], entry["forward_peak_mib"] = _time(
                 lambda b=backend: block_causal_attention(q, k, v, backend=b, **kw), device, args.repeats)
+            if backend == "flex":  # what the block-mask cache saves: the same call with the mask rebuilt
+
+                def rebuilt(b=backend):
+                    attention._BLOCK_MASKS.clear()
+                    block_causal_attention(q, k, v, backend=b, **kw)
+
+                entry["forward_mask_rebuilt_ms"], _ = _time(rebuilt, device, args.repeats)
             if case == "train" and backend != "reference":
                 qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
 

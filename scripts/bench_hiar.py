@@ -5,7 +5,7 @@
 1. Orders, same inputs, one run of this script: sequential, hierarchical, wavefront (each with
    and without the fused cache write) in one process with one torch thread, and pipelined with 2
    processes of one thread each (and 4, oversubscribed on 2 cores), N = 8 blocks, K = 4 steps, on
-   a small random CausalWan shaped like the moving-digits teacher. Wall-clock medians over
+   a small random CausalWan shaped like the first moving-digits teacher. Wall-clock medians over
    ``--repeats`` runs after a warm-up; the pipelined schedule's ideal speedup N·P / (N + P − 1)
    for P processes (N·K / (N + K − 1) with one process per step) and the measured fraction of it.
 2. Rolling window: time per frame and memory for videos of 1×, 2×, 4× and 8× the window (finished
@@ -39,7 +39,7 @@ from fdistill.pipelines.hiar_cell import HiARCells, HiARPlan, NoiseBank, cell_wa
 from fdistill.pipelines.hiar_parallel import generate_video_pipelined, ideal_speedup
 from fdistill.schedules import FlowMatchingSchedule
 
-# the moving-digits teacher's shape (configs/moving_digits_teacher.yaml), random weights
+# the shape of the first moving-digits teacher (2 heads x 32, 4 layers, 241k parameters), random weights
 SMALL = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=1, out_channels=1,
              text_dim=32, freq_dim=32, ffn_dim=128, num_layers=4, rope_max_seq_len=64)
 # a wider model on 32x32 frames (256 tokens per frame), where batching matters on a GPU
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--output", default="reports/hiar_bench.json")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: single-process orders on one GPU")
     parser.add_argument("--model", default="small", choices=list(MODELS),
-                        help="small: the moving-digits teacher's shape on 16x16; medium: 8x64 heads, 8 layers, 32x32")
+                        help="small: the first moving-digits teacher's shape (241k params) on 16x16; medium: 8x64 heads, 8 layers, 32x32")
     args = parser.parse_args()
     global DEVICE, SIZE
     DEVICE = torch.device(args.device)
