@@ -143,24 +143,26 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cpu", help="where the teacher samples (metrics run on the CPU)")
     p.add_argument("--reports", type=Path, default=ROOT / "reports", help="where the JSON and PNG go")
     p.add_argument("--export", action="store_true", help="also write fdistill/assets/<teacher>_teacher.*")
+    p.add_argument("--report-suffix", default="", help="appended to the report files' names, e.g. _cfg2")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     name = f"{args.teacher}_teacher"
+    out = f"{name}{args.report_suffix}"
     reports = args.reports
     reports.mkdir(parents=True, exist_ok=True)
     if args.teacher == "digits":
         metrics, grid = eval_digits(args.run, args.num_samples or 2000, args.steps or 18, args.guidance, args.seed,
                                     args.device)
-        save_image((grid + 1) / 2, reports / f"{name}_samples.png", nrow=10, padding=1)
+        save_image((grid + 1) / 2, reports / f"{out}_samples.png", nrow=10, padding=1)
     else:
         metrics, strip, frames = eval_moving_digits(args.run, args.num_samples or 200, args.steps or 25,
                                                     args.guidance, args.seed, args.device)
-        save_image((strip + 1) / 2, reports / f"{name}_frames.png", nrow=frames, padding=1)
+        save_image((strip + 1) / 2, reports / f"{out}_frames.png", nrow=frames, padding=1)
     config = (args.run / "config.yaml").read_text()
     report = {"teacher": name, "run": str(args.run), **_training_summary(args.run), **metrics,
               "parameters": load_teacher(args.run).metadata["parameters"], "config": config}
-    (reports / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (reports / f"{out}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.export:
         keep = {k: v for k, v in report.items() if k != "config"}
         export_teacher_asset(args.run, ASSETS / f"{name}.safetensors", metrics=keep)
