@@ -13,14 +13,13 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from hiar_common import SCHEDULE, TINY
 
 from fdistill.models import CausalWanTransformer3DModel
+from fdistill.models.batched_forward import CacheForward, forward_batched
 from fdistill.pipelines.hiar_cell import (
-    CellForward,
     HiARCells,
     HiARPlan,
     NoiseBank,
     cell_waves,
     denoising_times,
-    forward_batched,
     generate_video,
     run_cells,
 )
@@ -112,8 +111,8 @@ def test_forward_batched_equals_separate_forwards(model, text):
         for start in range(0, 6, F):  # cache_a: frames 0..5 (keeps 2..5); cache_b: empty
             model(x(F), torch.full((2,), 300.0), text, frame_offset=start, kv_cache=cache_a, update_cache=True, **causal)
     forwards = [  # a fused write + denoise at frame 6 on cache_a, a denoise at frame 0 writing itself on cache_b
-        CellForward(x(2 * F), torch.cat([torch.full((2, F), 250.0), torch.full((2, F), 750.0)], 1), 6, cache_a, F),
-        CellForward(x(F), torch.full((2, F), 1000.0), 0, cache_b, F),
+        CacheForward(x(2 * F), torch.cat([torch.full((2, F), 250.0), torch.full((2, F), 750.0)], 1), 6, cache_a, F),
+        CacheForward(x(F), torch.full((2, F), 1000.0), 0, cache_b, F),
     ]
     copies = [model.make_kv_cache(4), model.make_kv_cache(4)]
     for copy, cache in zip(copies, (cache_a, cache_b), strict=True):
