@@ -217,3 +217,17 @@ def test_config_error_inside_an_optional_section_names_the_bad_key():
         build(Outer, {"inner": {"sise": 2}})
     with pytest.raises(ConfigError, match="config.value: 'x' is not a valid .*expected int.*expected float"):
         build(Outer, {"value": "x"})
+
+
+def test_moving_digits_batches_are_the_same_prerendered_or_on_demand(monkeypatch):
+    from fdistill.training.teacher import DataConfig, _BatchSource
+
+    data = DataConfig(name="moving_digits", kwargs={"num_videos": 40, "num_frames": 4, "size": 16, "max_digits": 1})
+    prerendered = _BatchSource(data)
+    monkeypatch.setattr(_BatchSource, "PRERENDER_BYTES", 0)
+    on_demand = _BatchSource(data)
+    assert prerendered.dataset is None and on_demand.dataset is not None
+    for seed in range(3):
+        a = prerendered(8, torch.Generator().manual_seed(seed))
+        b = on_demand(8, torch.Generator().manual_seed(seed))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
