@@ -50,5 +50,9 @@ class SavesLoaderModule:
     """Mixin for a ``DiffusionPipeline``: ``save_pretrained`` also writes ``pipeline.py``."""
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        super().save_pretrained(save_directory, *args, **kwargs)
+        # written first, so that ``push_to_hub=True`` uploads it with the rest of the folder
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory {str(save_directory)!r} should be a directory, not a file")
+        os.makedirs(save_directory, exist_ok=True)
         write_loader_module(save_directory, type(self))
+        super().save_pretrained(save_directory, *args, **kwargs)

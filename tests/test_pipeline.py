@@ -355,3 +355,21 @@ def test_top_level_attribute_is_lazy():
         fdistill.NoSuchThing  # noqa: B018
     code = "import sys, fdistill; assert 'diffusers' not in sys.modules and 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loader_module_is_written_before_diffusers_saves_or_pushes(class_pipe, tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    seen = {}
+    original = DiffusionPipeline.save_pretrained
+
+    def spy(self, save_directory, *args, **kwargs):  # where push_to_hub would upload the folder
+        seen["loader"] = (tmp_path / "out" / "pipeline.py").is_file()
+        return original(self, save_directory, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionPipeline, "save_pretrained", spy)
+    class_pipe.save_pretrained(tmp_path / "out")
+    assert seen == {"loader": True}
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="should be a directory"):
+        class_pipe.save_pretrained(tmp_path / "file")
