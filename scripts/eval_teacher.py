@@ -84,23 +84,14 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
     return metrics, grid
 
 
-def _centroid_speed(videos: torch.Tensor) -> float:
-    ink = (videos[:, 0] + 1) / 2  # (B, F, H, W)
-    mass = ink.sum((2, 3)).clamp_min(1e-6)
-    pos = torch.arange(ink.shape[-1], dtype=torch.float32)
-    r = (ink.sum(3) * pos).sum(2) / mass
-    c = (ink.sum(2) * pos).sum(2) / mass
-    return ((r[:, 1:] - r[:, :-1]) ** 2 + (c[:, 1:] - c[:, :-1]) ** 2).sqrt().mean().item()
-
-
 def _video_metrics(videos: torch.Tensor, labels: torch.Tensor) -> dict:
-    from fdistill.eval.video import evaluate_video, frame_accuracy
+    from fdistill.eval.video import centroid_speed, evaluate_video, frame_accuracy
 
     return {
         "frame_accuracy_crop": frame_accuracy(videos, labels, crop=True),
         "frame_accuracy_full": frame_accuracy(videos, labels, crop=False),
         "mean_frame_difference": (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean().item(),
-        "centroid_speed_px_per_frame": _centroid_speed(videos),
+        "centroid_speed_px_per_frame": centroid_speed(videos),
         **evaluate_video(videos),
     }
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from fdistill.data import MovingDigits
 from fdistill.eval import (
     VBenchUnavailable,
+    centroid_speed,
     digit_crops,
     dynamic_degree,
     evaluate_video,
@@ -183,3 +184,11 @@ def test_digit_crops_centre_the_glyph():
         digit_crops(frames, glyph=20)
     with pytest.raises(ValueError, match="labels must be"):
         frame_accuracy(frames[:, :, None], torch.zeros(3, dtype=torch.long))
+
+
+def test_centroid_speed_of_a_glyph_moving_one_pixel_a_frame(static):
+    frames = torch.full((1, 1, 5, 16, 16), -1.0)
+    for f in range(5):
+        frames[0, 0, f, 4:7, 2 + f : 5 + f] = 1.0  # a 3x3 blob one column further each frame
+    assert centroid_speed(frames) == pytest.approx(1.0)
+    assert centroid_speed(static) == pytest.approx(0.0, abs=1e-6)

@@ -19,6 +19,7 @@ from fdistill.eval.fid import (
 from fdistill.eval.precision_recall import compute_precision_recall, precision_recall
 from fdistill.eval.vbench_adapter import VBenchUnavailable, run_vbench, write_mp4s
 from fdistill.eval.video import (
+    centroid_speed,
     digit_crops,
     dynamic_degree,
     evaluate_video,
@@ -31,6 +32,7 @@ from fdistill.eval.video import (
 
 __all__ = [
     "VBenchUnavailable",
+    "centroid_speed",
     "class_coverage",
     "classifier_feature_extractor",
     "compute_fid",

@@ -77,6 +77,22 @@ def frame_confidence(videos: torch.Tensor, classifier: DigitsClassifier | None =
     return _frame_outputs(videos, classifier)[1].max(dim=-1).values
 
 
+def _centroids(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brightness centroid (row, col) in pixels of frames (..., H, W) in [-1, 1]: each (...)."""
+    ink = (frames.float() + 1) / 2
+    mass = ink.sum((-2, -1)).clamp_min(1e-6)
+    rows = torch.arange(ink.shape[-2], dtype=torch.float32, device=frames.device)
+    cols = torch.arange(ink.shape[-1], dtype=torch.float32, device=frames.device)
+    return (ink.sum(-1) * rows).sum(-1) / mass, (ink.sum(-2) * cols).sum(-1) / mass
+
+
+def centroid_speed(videos: torch.Tensor) -> float:
+    """Mean speed of the brightness centroid, pixels per frame: (B, 1, F, H, W) in [-1, 1] -> float."""
+    _check_videos(videos)
+    r, c = _centroids(videos[:, 0])  # (B, F)
+    return ((r[:, 1:] - r[:, :-1]) ** 2 + (c[:, 1:] - c[:, :-1]) ** 2).sqrt().mean().item()
+
+
 def digit_crops(frames: torch.Tensor, glyph: int = 8, size: int = 16) -> torch.Tensor:
     """A glyph-sized window around each frame's brightness centroid, resized to the classifier's input.
 
@@ -88,12 +104,9 @@ def digit_crops(frames: torch.Tensor, glyph: int = 8, size: int = 16) -> torch.T
     n, _, h, w = frames.shape
     if not 0 < glyph <= min(h, w):
         raise ValueError(f"glyph={glyph} must be in (0, {min(h, w)}] for {h}x{w} frames")
-    ink = (frames[:, 0].float() + 1) / 2
-    mass = ink.sum((1, 2)).clamp_min(1e-6)
-    rows = torch.arange(h, dtype=torch.float32, device=frames.device)
-    cols = torch.arange(w, dtype=torch.float32, device=frames.device)
-    r = ((ink.sum(2) * rows).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, h - glyph).long()
-    c = ((ink.sum(1) * cols).sum(1) / mass - (glyph - 1) / 2).round().clamp(0, w - glyph).long()
+    r, c = _centroids(frames[:, 0])
+    r = (r - (glyph - 1) / 2).round().clamp(0, h - glyph).long()
+    c = (c - (glyph - 1) / 2).round().clamp(0, w - glyph).long()
     crops = torch.stack([frames[i, :, r[i] : r[i] + glyph, c[i] : c[i] + glyph] for i in range(n)])
     return F.interpolate(crops.float(), size=(size, size), mode="bilinear", align_corners=False)
 
