@@ -158,7 +158,7 @@ def test_two_cpu_processes_with_gloo(tiny_digits_teacher, tmp_path):
                                          out=str(tmp_path / "run")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(script)], capture_output=True, text=True, env=env,
+                          "--standalone", str(script)], capture_output=True, text=True, env=env,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     # all-reduced statistics: both ranks see the mean of r over ranks (1 and 3 → 2) and the global mean of h
