@@ -45,7 +45,7 @@ APPENDED: dict[str, str] = {
     "python scripts/gmm_divergences.py": "--quick --out reports/gmm_quick --divergences reverse_kl,forward_kl "
                                          "--no-diagnostics",
     "python scripts/bench_train_step.py --repeats 3 --steps 10 --threads 1":
-        "--repeats 1 --steps 1 --batch-size 4 --divergences reverse_kl jensen_shannon",
+        "--repeats 1 --steps 3 --batch-size 4 --divergences reverse_kl jensen_shannon",
     "python scripts/bench_hiar.py": "--repeats 1 --quick",
     "python scripts/bench_hiar.py --device cuda --model medium --repeats 3": "--device cpu --model small --repeats 1 --quick",
     "python scripts/bench_attention.py --device cuda --repeats 5 --frames 6 12 24 --tokens-per-frame 256":
@@ -54,6 +54,8 @@ APPENDED: dict[str, str] = {
     "python scripts/bench_attention.py --device cpu --threads 1 --repeats 5 --frames 6 12 --heads 4 --head-dim 32 "
     "--output reports/attention_bench_cpu.json":
         "--repeats 1 --frames 2 --heads 2 --head-dim 16 --tokens-per-frame 8 --frames-per-block 1 --window 2",
+    "python scripts/bench_attention.py --device cuda --output reports/attention_bench_h100_triton.json":
+        "--device cpu --smoke",
     "scripts/train_teachers.sh moving_digits":
         "steps=1 batch_size=2 checkpoint_every=1 num_threads=1 -- --num-samples 10 --steps 2 --threads 1",
     "fdistill train-teacher --config configs/moving_digits_teacher.yaml":
