@@ -4,7 +4,8 @@
 so ``from_pretrained`` loads real Wan2.1 checkpoints. It adds, per forward call:
 
 - ``frame_offset``: the input's first latent frame is frame ``frame_offset`` of the video; RoPE and
-  the attention mask use absolute frame indices.
+  the attention mask use absolute frame indices, without an upper bound (the temporal RoPE angles are
+  computed per call, not read from diffusers' ``rope_max_seq_len`` table; see :func:`_frame_rope`).
 - per-frame timesteps: ``timestep`` may be (B,) or (B, F); the time embedding is computed per frame
   and broadcast over that frame's tokens (modulation of every block and of the output norm).
 - ``attention="block_causal"``: frame f sees frames of blocks <= f // frames_per_block, optionally
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 # diffusers' pipeline loader finds a component's loadable base class by name in its module
 from diffusers import ModelMixin, WanTransformer3DModel  # noqa: F401
 from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils import apply_lora_scale
 from einops import rearrange
@@ -85,6 +87,45 @@ class _SelfAttentionContext:
     write_tokens: int  # the first write_tokens current tokens go to the cache (0: none)
     key_mask: Tensor | None = None  # bidirectional with padding keys: (1 or N, 1, 1, Lc + L) bool
     written: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+
+# WanRotaryPosEmbed's default; WanTransformer3DModel builds its RoPE without passing a theta.
+_ROPE_THETA = 10000.0
+
+
+def _frame_rope(frame_offset: int, frames: int, dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Wan's temporal RoPE of frames frame_offset .. frame_offset + frames − 1: (frames, dim) cos and sin, float32.
+
+    diffusers' ``WanRotaryPosEmbed`` precomputes cos and sin of angle = position × θ^(−2i/dim) for
+    positions < ``rope_max_seq_len`` only (64 for the moving-digits teacher). The frequencies are
+    fixed, so this computes the same angles for any position with diffusers' own
+    ``get_1d_rotary_pos_embed``, in float64 as the table is: bit-identical inside the table, the same
+    function beyond it.
+
+    Absolute positions rather than positions re-based inside the window, because:
+
+    - RoPE attention is relative. With rotated q and k, q·k depends on the two positions only through
+      their difference (R(a)ᵀR(b) = R(b − a)). Block-causal attention with a window of W frames and
+      blocks of F lets a query see keys W − 1 frames back to F − 1 ahead, so a query at frame 900
+      meets the same differences as one at frame 8: exactly the scores a re-based window would give.
+      The bidirectional teacher was trained on 12-frame clips (positions 0..11, differences −11..11);
+      any window W <= 12 keeps every difference inside that range at any video length, so frame 900
+      is in distribution as far as positions go (the causal mask and the few steps are the shift
+      from training, and they are the same at every length). Without a window the differences grow
+      past training whichever way positions are counted.
+    - The KV cache stores keys after RoPE (``KVCache.keys``), rotated at the position they were
+      written at. With absolute positions a cached key stays valid until it leaves the window;
+      re-basing would have to re-rotate every cached key whenever the window moves.
+    - Precision: the angle is formed in float64 (error ~ position × 1e-16 rad) and only cos and sin
+      are rounded to float32 (error <= 3e-8), so rotated q and k at frame 10⁶ are as exact as at
+      frame 0. A float32 angle's rounding grows with it (up to ~ position × 6e-8 rad): the cos
+      error is 3e-6 at frame 1000 and 8e-4 at 10⁵ (reports/video_length.json, "rope").
+    """
+    compute = torch.device("cpu") if device.type == "mps" else device  # MPS has no float64
+    positions = torch.arange(frame_offset, frame_offset + frames, dtype=torch.float64, device=compute)
+    cos, sin = get_1d_rotary_pos_embed(dim, positions, _ROPE_THETA, use_real=True, repeat_interleave_real=True,
+                                       freqs_dtype=torch.float64)
+    return cos.to(device), sin.to(device)
 
 
 def _apply_rotary_emb(x: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> Tensor:
@@ -413,20 +454,23 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         return [out[i * batch : (i + 1) * batch, :, : size * p_t] for i, size in enumerate(sizes)]
 
     def _rotary_emb(self, frames: int, rows: int, cols: int, frame_offset: int) -> tuple[Tensor, Tensor]:
-        """Wan's 3-D RoPE tables for frames frame_offset.., as (1, F*rows*cols, 1, head_dim) cos and sin."""
+        """Wan's 3-D RoPE tables for frames frame_offset.., as (1, F*rows*cols, 1, head_dim) cos and sin.
+
+        The temporal part is computed for any frame index (:func:`_frame_rope`); the spatial (h, w)
+        parts are diffusers' table, as in the parent.
+        """
+        if frame_offset < 0:
+            raise ValueError(f"frame_offset must be >= 0 (negative frame indices mark padding keys), got {frame_offset}")
         rope = self.rope
-        if frame_offset < 0 or frame_offset + frames > rope.max_seq_len:
-            raise ValueError(
-                f"frames {frame_offset}..{frame_offset + frames - 1} exceed RoPE's rope_max_seq_len={rope.max_seq_len}"
-            )
+        temporal = _frame_rope(frame_offset, frames, rope.t_dim, rope.freqs_cos.device)
         tables = []
-        for freqs in (rope.freqs_cos, rope.freqs_sin):
-            f_t, f_h, f_w = freqs.split([rope.t_dim, rope.h_dim, rope.w_dim], dim=1)
+        for f_t, freqs in zip(temporal, (rope.freqs_cos, rope.freqs_sin), strict=True):
+            _, f_h, f_w = freqs.split([rope.t_dim, rope.h_dim, rope.w_dim], dim=1)
             grid = (frames, rows, cols)
             tables.append(
                 torch.cat(
                     [
-                        f_t[frame_offset : frame_offset + frames].view(frames, 1, 1, -1).expand(*grid, -1),
+                        f_t.to(freqs.dtype).view(frames, 1, 1, -1).expand(*grid, -1),
                         f_h[:rows].view(1, rows, 1, -1).expand(*grid, -1),
                         f_w[:cols].view(1, 1, cols, -1).expand(*grid, -1),
                     ],
