@@ -18,10 +18,11 @@ def _distributed() -> bool:
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum a tensor over all ranks (identity in a single process)."""
+    """Sum a statistic (not a gradient: those are accelerate's) over all ranks; identity in one process."""
     if _distributed():
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        from accelerate.utils import reduce
+
+        x = reduce(x.clone(), "sum")
     return x
 
 

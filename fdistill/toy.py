@@ -245,7 +245,9 @@ def _critic_step(objective: FDistillObjective, opt: torch.optim.Optimizer, gener
     with torch.no_grad():
         x0 = generator(torch.randn(batch_size, dim, generator=g))
     real, _ = mixture.sample(batch_size, g)
-    loss, logs = objective.critic_loss(x0, real, generator=g)
+    t, eps = objective.noise(batch_size, (dim,), g)
+    t_real, eps_real = objective.noise(batch_size, (dim,), g)
+    loss, logs = objective.critic_loss(x0, None, t, eps, real, None, t_real, eps_real)
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -333,7 +335,8 @@ def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | N
     def record(step: int, logs: dict) -> dict:
         m = mode_metrics(mixture, _sample(ema, 2048, dim, seed + 20_000))
         dropped = sum(m["mode_mass"][k] for k in cfg.drop_modes)
-        return {"step": step, "tv": m["tv"], "precision": m["precision"], "dropped_mass": dropped, **logs}
+        return {"step": step, "tv": m["tv"], "precision": m["precision"], "dropped_mass": dropped,
+                **{k: float(v) for k, v in logs.items()}}
 
     history = [record(0, {})]
     it = range(cfg.steps)
@@ -351,7 +354,7 @@ def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | N
         if oracle is not None:
             oracle.skip = False
         x0 = generator(torch.randn(cfg.batch_size, dim, generator=g))
-        loss, g_logs = objective.generator_loss(x0, generator=g)
+        loss, g_logs = objective.generator_loss(x0, None, *objective.noise(cfg.batch_size, (dim,), g))
         opt_g.zero_grad()
         loss.backward()
         opt_g.step()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fdistill.divergences import get_divergence
+from fdistill.models.discriminator import HEAD_KINDS
 from fdistill.objective import ObjectiveConfig
 
 TEACHER_KINDS = ("asset", "pipeline")
@@ -65,9 +66,29 @@ class WarmupSpec:
 
 
 @dataclass
+class DiscriminatorSpec:
+    """The density-ratio head on ``teacher.feature_modules`` (one branch per level, logits averaged).
+
+    ``head``: ``conv`` (3×3 convolutions on feature maps) or ``mlp`` (per position, also for tokens).
+    """
+
+    head: str = "conv"
+    hidden: int = 64
+
+    def __post_init__(self):
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"discriminator.head {self.head!r} is not one of {HEAD_KINDS}")
+        if self.hidden < 1:
+            raise ValueError(f"discriminator.hidden must be >= 1, got {self.hidden}")
+
+
+@dataclass
 class OptimSpec:
+    """Adam rates: the student, the fake score and (its own, larger rate) the discriminator head."""
+
     lr_generator: float = 1e-5
     lr_critic: float = 1e-5
+    lr_head: float = 1e-3
     beta1: float = 0.0
     beta2: float = 0.999
     grad_clip: float = 10.0
@@ -80,16 +101,17 @@ class DistillConfig:
     data: DataSpec = field(default_factory=DataSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
+    discriminator: DiscriminatorSpec = field(default_factory=DiscriminatorSpec)
     steps: int = 1000
     batch_size: int = 64
-    critic_steps: int = 5
+    critic_steps: int = 4
+    critic_warmup_steps: int = 0
     ema_decay: float = 0.999
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
     checkpoint_every: int = 200
     checkpoints_to_keep: int = 2
     log_every: int = 10
-    disc_hidden: int = 64
     output_dir: str = "outputs/distill"
     export: bool = True
     seed: int = 0
@@ -102,11 +124,14 @@ class DistillConfig:
                      "log_every"):
             if getattr(self, name) < (0 if name == "steps" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.critic_warmup_steps < 0:
+            raise ValueError(f"critic_warmup_steps must be >= 0, got {self.critic_warmup_steps}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         get_divergence(self.objective.divergence)
 
     @property
     def total_steps(self) -> int:
-        return self.warmup.steps + self.steps
+        """ODE warm-up, then critic warm-up (critic updates only), then f-distill steps."""
+        return self.warmup.steps + self.critic_warmup_steps + self.steps
 
