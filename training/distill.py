@@ -26,10 +26,10 @@ from fdistill.models.discriminator import FeatureDiscriminator
 from fdistill.objective import FDistillObjective
 from fdistill.schedules import NoiseSchedule
 
-from .config import load_config, save_config
+from .config import load_config
 from .distill_config import DataSpec, DiscriminatorSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
 from .sources import RealData, Teacher, load_teacher_for, ode_pairs
-from .trainer import Draw, LoopSettings, Method, Update, train
+from .trainer import Draw, Method, Update, train
 
 __all__ = ["DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator", "OptimSpec",
            "TeacherSpec", "WarmupSpec", "distill", "distill_from_cli", "export_student"]
@@ -158,12 +158,8 @@ def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
     ``batch_size`` and ``warmup.batch_size`` are global batches, split over processes and
     ``gradient_accumulation_steps`` micro-batches.
     """
-    c = config
-    settings = LoopSettings(c.output_dir, c.seed, c.mixed_precision, c.gradient_accumulation_steps,
-                            c.optim.grad_clip, c.ema_decay, c.log_every, c.checkpoint_every, c.checkpoints_to_keep,
-                            c.num_threads, desc="f-distill")
-    return train(settings, lambda accelerator: FDistill(config, accelerator.device), resume,
-                 lambda path: save_config(config, path))
+    return train(config, lambda accelerator: FDistill(config, accelerator.device), resume, config.optim.grad_clip,
+                 "f-distill")
 
 
 def export_student(student: nn.Module, ema, schedule: NoiseSchedule, teacher: Teacher, path: Path):

@@ -9,10 +9,11 @@ from fdistill.divergences import get_divergence
 from fdistill.models.discriminator import HEAD_KINDS
 from fdistill.objective import ObjectiveConfig
 
+from .trainer import PRECISIONS, LoopConfig  # noqa: F401  (PRECISIONS: public name kept here)
+
 TEACHER_KINDS = ("asset", "pipeline")
 DATA_NAMES = ("digits", "teacher_samples")
 FEATURE_SOURCES = ("teacher", "fake")
-PRECISIONS = ("no", "fp16", "bf16")
 
 
 @dataclass
@@ -95,39 +96,25 @@ class OptimSpec:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(LoopConfig):
+    """The f-distill run (the loop's fields — steps, batch_size, ema_decay… — come from :class:`LoopConfig`)."""
+
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataSpec = field(default_factory=DataSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
     discriminator: DiscriminatorSpec = field(default_factory=DiscriminatorSpec)
-    steps: int = 1000
-    batch_size: int = 64
     critic_steps: int = 4
     critic_warmup_steps: int = 0
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 200
-    checkpoints_to_keep: int = 2
-    log_every: int = 10
-    output_dir: str = "outputs/distill"
+    output_dir: str = "outputs/distill"  # the method's own default
     export: bool = True
-    seed: int = 0
-    num_threads: int = 0
 
     def __post_init__(self):
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision {self.mixed_precision!r} is not one of {PRECISIONS}")
-        for name in ("steps", "batch_size", "critic_steps", "gradient_accumulation_steps", "checkpoint_every",
-                     "log_every"):
-            if getattr(self, name) < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.critic_warmup_steps < 0:
-            raise ValueError(f"critic_warmup_steps must be >= 0, got {self.critic_warmup_steps}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        super().__post_init__()
+        if self.critic_steps < 1 or self.critic_warmup_steps < 0:
+            raise ValueError(f"need critic_steps >= 1 and critic_warmup_steps >= 0, got {self.critic_steps}, "
+                             f"{self.critic_warmup_steps}")
         get_divergence(self.objective.divergence)
 
     @property

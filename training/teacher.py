@@ -31,14 +31,14 @@ from fdistill.schedules import SCHEDULES, NoiseSchedule, get_schedule
 from fdistill.teachers import LabelEmbedding, model_class
 
 from .checkpoint import atomic_write_text
-from .config import ConfigError, load_config, save_config
-from .trainer import Draw, LoopSettings, Method, Update, train
+from .config import ConfigError, load_config
+from .trainer import PRECISIONS, Draw, LoopConfig, Method, Update, train
 
 MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel"}
 DATASETS = ("digits", "moving_digits")
 LOSS_WEIGHTINGS = ("schedule", "velocity")
 LR_SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = PRECISIONS
 
 
 @dataclass
@@ -84,44 +84,32 @@ class DataConfig:
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(LoopConfig):
+    """The teacher run (the loop's fields — steps, batch_size, ema_decay… — come from :class:`LoopConfig`)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     num_classes: int = 10
     label_dropout: float = 0.1
     loss_weighting: str = "schedule"
-    batch_size: int = 128
-    steps: int = 1500
     lr: float = 1e-3
     warmup_steps: int = 100
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 250
-    checkpoints_to_keep: int = 2
-    log_every: int = 25
-    output_dir: str = "runs/teacher"
-    seed: int = 0
-    num_threads: int = 0
+    output_dir: str = "runs/teacher"  # the method's own default
 
     def __post_init__(self):
+        super().__post_init__()
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting {self.loss_weighting!r} unknown; valid: {', '.join(LOSS_WEIGHTINGS)}")
         if self.loss_weighting == "velocity" and self.schedule.name != "flow":
             raise ValueError("loss_weighting=velocity is the flow-matching loss; it needs schedule.name=flow")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("num_classes", "batch_size", "steps", "gradient_accumulation_steps",
-                     "checkpoint_every", "log_every"):
+        for name in ("num_classes", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -283,12 +271,7 @@ def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Pa
     ``label_embedding.safetensors``. Returns ``output_dir``. ``batch_size`` is the global batch
     (split over processes and ``gradient_accumulation_steps`` micro-batches).
     """
-    c = config
-    settings = LoopSettings(c.output_dir, c.seed, c.mixed_precision, c.gradient_accumulation_steps, c.grad_clip,
-                            c.ema_decay, c.log_every, c.checkpoint_every, c.checkpoints_to_keep, c.num_threads,
-                            desc="teacher")
-    return train(settings, lambda accelerator: TeacherMethod(config), resume,
-                 lambda path: save_config(config, path))
+    return train(config, lambda accelerator: TeacherMethod(config), resume, config.grad_clip, "teacher")
 
 
 def train_teacher_from_cli(config_path: str | Path | None, overrides: Sequence[str] = (),

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint, truncate_metrics
+from .config import save_config
 from .distributed import make_accelerator
 
 Logs = dict[str, Tensor]
@@ -125,21 +126,37 @@ class Method:
         """Called on the main process after the last step: export what the method produces."""
 
 
-@dataclass
-class LoopSettings:
-    """What :func:`train` needs from a method's config."""
+PRECISIONS = ("no", "fp16", "bf16")
 
-    output_dir: str
-    seed: int = 0
+
+@dataclass
+class LoopConfig:
+    """The loop's settings, shared by every method's config (which subclasses it).
+
+    ``batch_size`` is the global batch of one update: it is split over processes and
+    ``gradient_accumulation_steps`` micro-batches, so results do not depend on that split.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    ema_decay: float = 0.999
     mixed_precision: str = "no"
     gradient_accumulation_steps: int = 1
-    grad_clip: float = 0.0
-    ema_decay: float = 0.999
-    log_every: int = 10
     checkpoint_every: int = 200
     checkpoints_to_keep: int = 2
+    log_every: int = 10
+    output_dir: str = "outputs/run"
+    seed: int = 0
     num_threads: int = 0
-    desc: str = "train"
+
+    def __post_init__(self):
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision {self.mixed_precision!r} is not one of {PRECISIONS}")
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "log_every"):
+            if getattr(self, name) < (0 if name == "steps" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def _tensorboard(path: Path):
@@ -203,9 +220,13 @@ def _checkpoint_hooks(accelerator) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def train(settings: LoopSettings, build: Callable[[Any], Method], resume: str | bool | None = None,
-          config_saver: Callable[[Path], None] | None = None) -> Path:
-    """Build the method with ``build(accelerator)``, train it, return ``settings.output_dir``."""
+def train(settings: LoopConfig, build: Callable[[Any], Method], resume: str | bool | None = None,
+          grad_clip: float = 0.0, desc: str = "train") -> Path:
+    """Build the method with ``build(accelerator)``, train it, return ``settings.output_dir``.
+
+    ``settings`` is the method's whole config (saved as ``config.yaml``); ``grad_clip`` > 0 clips
+    each update's gradient norm.
+    """
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
@@ -242,15 +263,14 @@ def train(settings: LoopSettings, build: Callable[[Any], Method], resume: str | 
             truncate_metrics(metrics_path, start)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        if config_saver is not None:
-            config_saver(out / "config.yaml")
+        save_config(settings, out / "config.yaml")
     method.start(start, out, accelerator.is_main_process)
 
     accum, world = settings.gradient_accumulation_steps, accelerator.num_processes
     shards, rank = accum * world, accelerator.process_index
     tensorboard = _tensorboard(out / "tensorboard") if accelerator.is_main_process else None
     total = method.total_steps
-    bar = tqdm(range(start, total), initial=start, total=total, desc=settings.desc,
+    bar = tqdm(range(start, total), initial=start, total=total, desc=desc,
                disable=not accelerator.is_local_main_process)
     window = _Window()
     for step in bar:
@@ -271,8 +291,8 @@ def train(settings: LoopSettings, build: Callable[[Any], Method], resume: str | 
                     window.watch(update.name, loss, step)
                     window.add(logs)
                     accelerator.backward(loss / accum)
-            if settings.grad_clip > 0:
-                norm = accelerator.clip_grad_norm_(params[update.optimizer], settings.grad_clip)
+            if grad_clip > 0:
+                norm = accelerator.clip_grad_norm_(params[update.optimizer], grad_clip)
                 window.add({f"grad_norm_{update.name}": norm})
             opt.step()
             if update.optimizer in schedulers:
