@@ -203,3 +203,12 @@ def test_bf16_mixed_precision_and_gradient_accumulation(tiny_digits_teacher, tmp
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights.values())
     with pytest.raises(ConfigError, match="mixed_precision 'fp8' is not one of"):
         tiny_config(tiny_digits_teacher, tmp_path, mixed_precision="fp8")
+
+
+def test_shipped_fsdp_launch_config_parses():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    cfg = load_config_from_file(str(ROOT / "configs" / "accelerate_fsdp.yaml"))
+    assert cfg.distributed_type == DistributedType.FSDP
+    assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
