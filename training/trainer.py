@@ -122,6 +122,9 @@ class Method:
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
         """Called before the first step (after a resume, with its step): load data, cache pairs."""
 
+    def on_log(self, record: dict[str, Any], ema: dict[str, Any]) -> None:
+        """Called with each reduced log record (every ``log_every`` steps), e.g. to evaluate."""
+
     def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
         """Called on the main process after the last step: export what the method produces."""
 
@@ -148,6 +151,7 @@ class LoopConfig:
     output_dir: str = "outputs/run"
     seed: int = 0
     num_threads: int = 0
+    progress: bool = True
 
     def __post_init__(self):
         if self.mixed_precision not in PRECISIONS:
@@ -271,7 +275,7 @@ def train(settings: LoopConfig, build: Callable[[Any], Method], resume: str | bo
     tensorboard = _tensorboard(out / "tensorboard") if accelerator.is_main_process else None
     total = method.total_steps
     bar = tqdm(range(start, total), initial=start, total=total, desc=desc,
-               disable=not accelerator.is_local_main_process)
+               disable=not (settings.progress and accelerator.is_local_main_process))
     window = _Window()
     for step in bar:
         for k, update in enumerate(method.updates(step)):
@@ -309,6 +313,7 @@ def train(settings: LoopConfig, build: Callable[[Any], Method], resume: str | bo
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if isinstance(v, float)
                              and k != "sec_per_step"}, refresh=False)
             window = _Window()
+            method.on_log(record, ema)
             if accelerator.is_main_process:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
