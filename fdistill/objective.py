@@ -138,7 +138,8 @@ class FDistillObjective(nn.Module):
         h, loss = None, x0.new_zeros(())
         if disc is not None:
             feats = feats_p if feats_p is not None else feats_q
-            logits = disc.head(feats) if feats is not None else disc(x_t, t, condition)
+            with torch.set_grad_enabled(gan and torch.is_grad_enabled()):  # r alone is read without a gradient
+                logits = disc.head(feats) if feats is not None else disc(x_t, t, condition)
             h, r = self.weights(logits, t)
             h_d = h.detach().float()
             logs.update(r_mean=r.mean(), h_max=h_d.max(), h_spread=h_d.std(unbiased=False) / h_d.mean().clamp_min(1e-12))

@@ -144,6 +144,8 @@ from fdistill.training.teacher import TeacherConfig, train_teacher
 from fdistill.density_ratio import RatioNormalizer, normalize_weights
 import torch.distributed as dist
 distill(build(DistillConfig, {distill_cfg!r}))
+distill(build(DistillConfig, {{**{distill_cfg!r}, "objective": {{"divergence": "js", "gan_weight": 0.0}},
+                              "output_dir": {distill_cfg!r}["output_dir"] + "_no_gan"}}))
 train_teacher(build(TeacherConfig, {teacher_cfg!r}))
 rank = dist.get_rank()
 norm = RatioNormalizer(num_bins=2, decay=0.0)
@@ -180,6 +182,8 @@ def test_two_cpu_processes_match_one_process(tiny_digits_teacher, tmp_path):
     # all-reduced statistics: both ranks see the mean of r over ranks (1 and 3 → 2) and the global mean of h
     assert "RANK0 ema=[2.0, 1.0] h=0.666667" in res.stdout and "RANK1 ema=[2.0, 1.0] h=1.333333" in res.stdout
     assert (two / "distill" / "pipeline" / "model_index.json").is_file()
+    # without a GAN term the generator update reads the DDP-wrapped head without a gradient
+    assert (two / "distill_no_gan" / "pipeline" / "model_index.json").is_file()
 
     d1, t1 = configs(one)
     distill(build(DistillConfig, d1))
