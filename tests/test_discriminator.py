@@ -134,3 +134,17 @@ def test_ratio_decay_zero_normalises_by_this_batch_only(tiny_digits_teacher, tmp
         tiny(tiny_digits_teacher, tmp_path, objective__ratio_decay=1.0)
     with pytest.raises(ConfigError, match="discriminator.head 'big' is not one of"):
         tiny(tiny_digits_teacher, tmp_path, discriminator__head="big")
+
+
+def test_demo_config_taps_levels_of_the_shipped_teacher():
+    from pathlib import Path
+
+    from fdistill.teachers import load_digits_teacher
+    from fdistill.training.config import load_config
+
+    cfg = load_config(DistillConfig, Path(__file__).parents[1] / "configs" / "digits_js.yaml")
+    assert len(cfg.teacher.feature_modules) == 5 and cfg.discriminator.head == "conv"
+    assert cfg.optim.lr_head > cfg.optim.lr_critic and cfg.critic_warmup_steps > 0
+    den = load_digits_teacher(feature_modules=cfg.teacher.feature_modules)  # raises on a name the UNet lacks
+    feats = den.features(torch.randn(2, 1, 16, 16), torch.ones(2), torch.tensor([1, 2]))
+    assert all(f.ndim == 4 for f in feats)  # maps, as the conv head needs
