@@ -34,7 +34,7 @@ def tiny(teacher, out, **kw) -> DistillConfig:
 def test_updates_per_step_follow_the_phases(tiny_digits_teacher, tmp_path):
     method = FDistill(tiny(tiny_digits_teacher, tmp_path, critic_steps=4, critic_warmup_steps=2), torch.device("cpu"))
     names = [[u.name for u in method.updates(s)] for s in range(4)]
-    assert names == [["ODE warm-up"], ["critic"] * 4, ["critic"] * 4, ["critic"] * 4 + ["generator"]]
+    assert names == [["ode_warmup"], ["critic"] * 4, ["critic"] * 4, ["critic"] * 4 + ["generator"]]
     assert [method.phase(s) for s in range(4)] == ["warmup", "critic_warmup", "critic_warmup", "distill"]
     lrs = [g["lr"] for g in method.optimizers["critic"].param_groups]
     assert lrs == [method.config.optim.lr_critic, method.config.optim.lr_head]

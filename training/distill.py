@@ -141,7 +141,7 @@ class FDistill(Method):
     def updates(self, step: int) -> list[Update]:
         c = self.config
         if step < c.warmup.steps:
-            return [Update("ODE warm-up", "warmup", self.ode_loss, c.warmup.batch_size)]
+            return [Update("ode_warmup", "warmup", self.ode_loss, c.warmup.batch_size)]
         critic = [Update("critic", "critic", self.critic_loss, c.batch_size)] * c.critic_steps
         if step < c.warmup.steps + c.critic_warmup_steps:
             return critic

@@ -333,7 +333,7 @@ class GMMDistill(Method):
     def updates(self, step: int) -> list[Update]:
         b = self.cfg.batch_size
         if step < self.warm:
-            return [Update("ODE warm-up", "warmup", self.ode_loss, b)]
+            return [Update("ode_warmup", "warmup", self.ode_loss, b)]
         critic = [Update("critic", "critic", self.critic_loss, b)] * self.cfg.critic_steps
         if step < self.warm + self.critic_warm:
             return critic[:1]

@@ -82,8 +82,8 @@ class Draw:
 class Update:
     """One optimiser step: ``loss(draw) -> (loss, logs)`` on a global batch of ``batch`` samples.
 
-    ``name`` labels errors ("non-finite critic loss at step 7"); ``optimizer`` names an entry of
-    :attr:`Method.optimizers`.
+    ``name`` labels errors ("non-finite critic loss at step 7") and the ``grad_norm_<name>`` log;
+    ``optimizer`` names an entry of :attr:`Method.optimizers`.
     """
 
     name: str
