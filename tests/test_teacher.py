@@ -243,5 +243,5 @@ def test_gradient_accumulation_splits_the_same_global_batch(tmp_path):
     b = load_file(split / "checkpoint-2" / "net.safetensors")
     for k in (k for k in a if not k.endswith("to_k.bias")):  # key biases: exact gradient 0, Adam steps ±lr on noise
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-    with pytest.raises(ValueError, match="does not split into 3 equal shards"):
-        train_teacher(digits_config(tmp_path / "odd", steps=1, gradient_accumulation_steps=3))
+    with pytest.raises(ConfigError, match="batch_size 8 .* does not split into gradient_accumulation_steps=3"):
+        digits_config(tmp_path / "odd", steps=1, gradient_accumulation_steps=3)

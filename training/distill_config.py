@@ -115,6 +115,9 @@ class DistillConfig(LoopConfig):
         if self.critic_steps < 1 or self.critic_warmup_steps < 0:
             raise ValueError(f"need critic_steps >= 1 and critic_warmup_steps >= 0, got {self.critic_steps}, "
                              f"{self.critic_warmup_steps}")
+        if self.warmup.steps and self.warmup.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"warmup.batch_size {self.warmup.batch_size} does not split into "
+                             f"gradient_accumulation_steps={self.gradient_accumulation_steps} equal micro-batches")
         get_divergence(self.objective.divergence)
 
     @property

@@ -161,6 +161,9 @@ class LoopConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"batch_size {self.batch_size} (the global batch) does not split into "
+                             f"gradient_accumulation_steps={self.gradient_accumulation_steps} equal micro-batches")
 
 
 def _tensorboard(path: Path):
