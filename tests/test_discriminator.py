@@ -148,3 +148,14 @@ def test_demo_config_taps_levels_of_the_shipped_teacher():
     den = load_digits_teacher(feature_modules=cfg.teacher.feature_modules)  # raises on a name the UNet lacks
     feats = den.features(torch.randn(2, 1, 16, 16), torch.ones(2), torch.tensor([1, 2]))
     assert all(f.ndim == 4 for f in feats)  # maps, as the conv head needs
+
+
+def test_resume_inside_the_critic_warmup_is_bit_exact(tiny_digits_teacher, tmp_path):
+    kw = dict(warmup__steps=1, critic_warmup_steps=2, critic_steps=2, steps=1)
+    full = distill(tiny(tiny_digits_teacher, tmp_path / "full", **kw))
+    distill(tiny(tiny_digits_teacher, tmp_path / "cut", **{**kw, "critic_warmup_steps": 1, "steps": 0}))
+    resumed = distill(tiny(tiny_digits_teacher, tmp_path / "cut", **kw), resume="latest")  # from step 2 of 4
+    for name in ("student", "fake_score", "discriminator_head", "ema", "ratio_normalizer"):
+        a = load_file(str(full / "checkpoint-4" / f"{name}.safetensors"))
+        b = load_file(str(resumed / "checkpoint-4" / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
