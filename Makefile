@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fdistill-installed
+DEMO_ARGS ?=
 
 .PHONY: demo test install lint
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check fdistill pipelines training kernels scripts tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -37,19 +38,42 @@ def _eval(args: argparse.Namespace) -> None:
     print(text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help ends with the keys of a typed config (``"module:Class"``).
+
+    The config's module is imported only when the help is shown, so parsing stays light.
+    """
+
+    def __init__(self, *args, config: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = config
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.config is None:
+            return text
+        from fdistill.training.config import describe_config
+
+        module, name = self.config.split(":")
+        keys = describe_config(getattr(importlib.import_module(module), name))
+        return f"{text}\nconfig keys (in the --config YAML or as key=value overrides; type = default):\n{keys}\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fdistill", description="f-divergence distillation of diffusion models")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def trainer(name: str, help: str, fn, example: str) -> None:
-        p = sub.add_parser(name, help=help)
+    def trainer(name: str, help: str, fn, example: str, config: str) -> None:
+        p = sub.add_parser(name, help=help, config=config)
         p.add_argument("--config", help=f"YAML config, e.g. {example}")
         p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. steps=200 objective.divergence=fkl")
         p.set_defaults(fn=fn)
 
-    trainer("train-teacher", "train a diffusion teacher", _train_teacher, "configs/digits_teacher.yaml")
-    trainer("distill", "distil a one-step student with an f-divergence", _distill, "configs/digits_js.yaml")
+    trainer("train-teacher", "train a diffusion teacher", _train_teacher, "configs/digits_teacher.yaml",
+            "fdistill.training.teacher:TeacherConfig")
+    trainer("distill", "distil a one-step student with an f-divergence", _distill, "configs/digits_js.yaml",
+            "fdistill.training.distill_config:DistillConfig")
 
     p = sub.add_parser("eval", help="FID/KID, precision/recall and class coverage of a pipeline")
     p.add_argument("--pipeline", required=True, help="an FDistillPipeline folder")
@@ -72,7 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # dotted overrides may follow options (`--resume latest steps=2`), which argparse's positional
+    # nargs="*" would not take once an option has ended it
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.fn(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

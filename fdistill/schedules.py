@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -243,7 +243,11 @@ class VPSchedule(NoiseSchedule):
     """Variance-preserving DDPM: α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), ᾱ from diffusers' ``DDPMScheduler``.
 
     ``t`` is the (float) discrete timestep in [0, T); ᾱ is linearly interpolated between integers.
-    ``beta_schedule`` etc. are passed to ``DDPMScheduler`` (SD1.5: ``scaled_linear``, 0.00085, 0.012).
+    The beta options are ``DDPMScheduler``'s (SD1.5: ``scaled_linear``, 0.00085, 0.012), including
+    ``trained_betas`` and ``rescale_betas_zero_snr`` (zero terminal SNR, ᾱ_{T−1} = 0: x_{T−1} is pure
+    noise). At zero terminal SNR an ε-prediction cannot give x̂0 at t_max (x̂0 = (x_t − σ ε̂)/α divides
+    by α = 0; diffusers' DDIM returns NaN there), so that pairing is refused: such teachers predict
+    v or x0.
     """
 
     prediction_types = ("epsilon", "v_prediction", "sample")
@@ -255,28 +259,47 @@ class VPSchedule(NoiseSchedule):
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
         prediction_type: str = "epsilon",
+        trained_betas: Sequence[float] | None = None,
+        rescale_betas_zero_snr: bool = False,
     ):
         super().__init__(prediction_type)
         from diffusers import DDPMScheduler
 
-        sched = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            beta_schedule=beta_schedule,
-        )
+        try:
+            sched = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+                                  beta_schedule=beta_schedule, trained_betas=trained_betas,
+                                  rescale_betas_zero_snr=rescale_betas_zero_snr)
+        except NotImplementedError:
+            raise ValueError(f"beta_schedule {beta_schedule!r} is not supported; valid: {', '.join(BETA_SCHEDULES)} "
+                             "(or trained_betas)") from None
         self.num_train_timesteps = num_train_timesteps
         self.beta_start, self.beta_end, self.beta_schedule = beta_start, beta_end, beta_schedule
+        self.trained_betas = None if trained_betas is None else [float(b) for b in trained_betas]
+        self.rescale_betas_zero_snr = rescale_betas_zero_snr
         self.alphas_cumprod = sched.alphas_cumprod.double()
+        if self.alphas_cumprod[-1] == 0 and prediction_type == "epsilon":
+            raise ValueError("prediction_type='epsilon' is undefined at zero terminal SNR (ᾱ_T = 0, "
+                             f"rescale_betas_zero_snr={rescale_betas_zero_snr}): x̂0 = (x_t − σ ε̂)/α divides by 0 "
+                             "at t_max; zero-SNR teachers predict 'v_prediction' or 'sample'")
 
     @classmethod
     def from_scheduler(cls, scheduler, prediction_type: str | None = None) -> VPSchedule:
-        """Build from any diffusers DDPM-family scheduler's config (e.g. an SD1.5 pipeline's)."""
+        """Build from a diffusers DDPM-family scheduler's beta options (e.g. an SD1.5 pipeline's).
+
+        The result's ᾱ is checked against the scheduler's own ``alphas_cumprod``: an option that
+        changes the noise levels in a way these beta options do not express is refused, not ignored.
+        """
         c = scheduler.config
-        return cls(
-            c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,
-            prediction_type or c.get("prediction_type", "epsilon"),
-        )
+        schedule = cls(c.num_train_timesteps, c.beta_start, c.beta_end, c.beta_schedule,
+                       prediction_type or c.get("prediction_type", "epsilon"), c.get("trained_betas"),
+                       c.get("rescale_betas_zero_snr", False))
+        theirs = scheduler.alphas_cumprod.double()
+        # atol: Euler-type schedulers replace a zero terminal ᾱ by 2⁻²⁴ ≈ 6e-8 so that their σ stays finite
+        if not torch.allclose(schedule.alphas_cumprod, theirs, rtol=1e-5, atol=1e-7):
+            diff = (schedule.alphas_cumprod - theirs).abs().max().item()
+            raise ValueError(f"{type(scheduler).__name__}'s noise levels differ from its beta options' "
+                             f"(max |Δᾱ| = {diff:.3g}): an option fdistill does not read changes them")
+        return schedule
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         ac = self.alphas_cumprod.to(t.device)
@@ -395,26 +418,90 @@ def get_schedule(name: str, **kwargs) -> NoiseSchedule:
     return cls(**kwargs)
 
 
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+"""``beta_schedule`` values of diffusers' ``DDPMScheduler``, which computes :class:`VPSchedule`'s ᾱ."""
+DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+VP_SCHEDULERS = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler",
+)
+"""DDPM-family schedulers; with ``use_flow_sigmas=True`` (Wan's UniPC / DPM-Solver) they are flow matching."""
+
+# Options that would change the noise levels, the network's time input or its output in a way no fdistill
+# schedule expresses, with the values that leave them off. Set to anything else, they are refused by name.
+_EDM_OPTIONS = {
+    "sigma_schedule": (("karras",), "fdistill's EDM grid is Karras' ρ-spaced one"),
+    "prediction_type": (("epsilon",), "diffusers' 'epsilon' is EDM's F-preconditioning; others change c_out"),
+}
+_FLOW_OPTIONS = {
+    "use_dynamic_shifting": ((False,), "a resolution-dependent shift; fdistill's flow schedule has one fixed "
+                                       "shift: set a fixed shift instead"),
+    "shift_terminal": ((None, 0), "a step grid stretched to end at shift_terminal"),
+    "use_karras_sigmas": ((False,), "a Karras step grid instead of the shifted linear one"),
+    "use_exponential_sigmas": ((False,), "an exponential step grid instead of the shifted linear one"),
+    "use_beta_sigmas": ((False,), "a beta-distribution step grid instead of the shifted linear one"),
+    "invert_sigmas": ((False,), "inverted noise levels 1 − σ (Mochi)"),
+    "num_train_timesteps": ((1000,), "the flow schedule feeds the network the timestep 1000·σ"),
+}
+_VP_OPTIONS = {
+    "variance_type": ((None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"),
+                      "a learned variance: the network's output holds a variance as well"),
+    "timestep_type": (("discrete",), "the network's timestep would be 0.25·log σ"),
+}
+
+
+def _refuse_unsupported(name: str, config, options: dict[str, tuple[tuple, str]]) -> None:
+    for key, (supported, why) in options.items():
+        value = config.get(key, supported[0])
+        if value not in supported:
+            raise ValueError(f"{name}: {key}={value!r} is not supported yet ({why}); supported: "
+                             f"{', '.join(map(repr, supported))}")
+
+
 def schedule_from_scheduler(scheduler) -> NoiseSchedule:
     """Our schedule for a diffusers scheduler (so pipelines carry a standard ``scheduler`` component).
 
-    ``EDMEulerScheduler``/``EDMDPMSolverMultistepScheduler`` → EDM, ``FlowMatchEulerDiscreteScheduler``
-    → flow matching, any scheduler with ``beta_schedule`` (DDPM, DDIM, Euler…) → VP.
+    ``EDM_SCHEDULERS`` → EDM; ``FLOW_SCHEDULERS`` → flow matching with their ``shift``; a
+    ``VP_SCHEDULERS`` member → VP with its ᾱ (every beta option, ``trained_betas`` and
+    ``rescale_betas_zero_snr`` included, checked against the scheduler's own ``alphas_cumprod``), or,
+    with ``use_flow_sigmas=True`` and ``prediction_type="flow_prediction"`` (Wan's UniPC), flow matching
+    with its ``flow_shift``. Options that change the noise levels in a way the schedule cannot express
+    (dynamic shifting, a terminal shift, Karras-type grids of a flow schedule, learned variances, …)
+    raise a ValueError naming them. VP options that only choose where a sampler evaluates the network
+    (``timestep_spacing``, ``steps_offset``, Karras-type sigma grids, solver settings) leave ᾱ_t as it
+    is; fdistill's reference sampler keeps its own trailing DDIM grid.
     """
     c = scheduler.config
     name = type(scheduler).__name__
-    if name.startswith("EDM"):
+    if name in EDM_SCHEDULERS:
+        _refuse_unsupported(name, c, _EDM_OPTIONS)
         return EDMSchedule(sigma_min=c.sigma_min, sigma_max=c.sigma_max, sigma_data=c.sigma_data, rho=c.rho)
-    if name.startswith("FlowMatch"):
-        return FlowMatchingSchedule(shift=c.get("shift", 1.0))
-    if "beta_schedule" in c:
-        return VPSchedule.from_scheduler(scheduler)
-    raise ValueError(f"no fdistill schedule for {name}; use an EDM, flow-matching or DDPM-family scheduler")
+    if name in FLOW_SCHEDULERS:
+        _refuse_unsupported(name, c, _FLOW_OPTIONS)
+        return FlowMatchingSchedule(shift=c.shift)
+    if name not in VP_SCHEDULERS:
+        raise ValueError(f"no fdistill schedule for {name}; supported: "
+                         f"{', '.join(EDM_SCHEDULERS + FLOW_SCHEDULERS + VP_SCHEDULERS)}")
+    flow_prediction = c.get("prediction_type") == "flow_prediction"
+    if c.get("use_flow_sigmas", False) != flow_prediction:
+        raise ValueError(f"{name}: use_flow_sigmas={c.get('use_flow_sigmas', False)} with prediction_type="
+                         f"{c.get('prediction_type')!r}: a flow-matching model (Wan) sets use_flow_sigmas=True, "
+                         "prediction_type='flow_prediction' and flow_shift together")
+    if flow_prediction:
+        _refuse_unsupported(name, c, _FLOW_OPTIONS)
+        return FlowMatchingSchedule(shift=c.flow_shift)
+    _refuse_unsupported(name, c, _VP_OPTIONS)
+    return VPSchedule.from_scheduler(scheduler)
 
 
 def scheduler_for(schedule: NoiseSchedule):
     """A diffusers scheduler whose config round-trips to ``schedule`` (for ``save_pretrained``)."""
-    from diffusers import DDIMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
 
     if isinstance(schedule, EDMSchedule):
         return EDMEulerScheduler(sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max,
@@ -422,7 +509,11 @@ def scheduler_for(schedule: NoiseSchedule):
     if isinstance(schedule, FlowMatchingSchedule):
         return FlowMatchEulerDiscreteScheduler(shift=schedule.shift)
     if isinstance(schedule, VPSchedule):
-        return DDIMScheduler(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
-                             beta_end=schedule.beta_end, beta_schedule=schedule.beta_schedule,
-                             prediction_type=schedule.prediction_type, timestep_spacing="trailing")
+        # DDIM (the deterministic few-step sampler) where its betas can say it, else DDPM, which computed ᾱ
+        ddim = schedule.trained_betas is not None or schedule.beta_schedule in DDIM_BETA_SCHEDULES
+        return (DDIMScheduler if ddim else DDPMScheduler)(
+            num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
+            beta_end=schedule.beta_end, beta_schedule=schedule.beta_schedule, trained_betas=schedule.trained_betas,
+            rescale_betas_zero_snr=schedule.rescale_betas_zero_snr, prediction_type=schedule.prediction_type,
+            timestep_spacing="trailing")
     raise TypeError(f"no diffusers scheduler for {type(schedule).__name__}")

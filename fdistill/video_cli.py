@@ -4,6 +4,9 @@
     torchrun --nproc-per-node K $(which fdistill) sample-video PIPELINE_DIR --order pipelined --output v.npy
     fdistill eval-video video.npy|PIPELINE_DIR [--num-videos 16] [--output report.json]
 
+Generation flags left unset take the pipeline's saved config (num_frames, height, width,
+frames_per_block, denoising_steps, window, order, guidance_scale, context, renoise).
+
 Outputs by extension: ``.npy`` (B, F, H, W, C) float32 in [0, 1] with the model's own channels;
 ``.gif`` (Pillow) and ``.mp4`` (imageio-ffmpeg, the ``video`` extra) with the batch side by side.
 """
@@ -31,20 +34,22 @@ VIDEO_SUFFIXES = (".npy", ".gif", ".mp4")
 
 def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", default=None,
-                   help="sequential, hierarchical (default), wavefront or pipelined (implied by --parallel and "
-                        "by torchrun)")
+                   help="sequential, hierarchical, wavefront or pipelined (implied by --parallel and by torchrun; "
+                        "default: the pipeline's)")
     p.add_argument("--parallel", type=int, default=None, metavar="K",
                    help="run the pipelined order in K local processes (1 <= K <= denoising steps)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-frames", type=int, default=None, help="frames (default: the pipeline's config)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames (default: the pipeline's)")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--frames-per-block", type=int, default=None)
     p.add_argument("--denoising-steps", default=None,
                    help="timesteps with commas (1000,750,500,250; one step: 1000,) or a step count K")
     p.add_argument("--window", type=int, default=None, help="attention window in latent frames")
-    p.add_argument("--context", default=None, help="next (t_k+1, default) or same (t_k): the context level")
-    p.add_argument("--renoise", default=None, help="noise (default) or ode: how x0 goes to the next step")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance w (1: conditional only); single-process orders")
+    p.add_argument("--context", default=None, help="next (t_k+1) or same (t_k): the context level")
+    p.add_argument("--renoise", default=None, help="noise or ode: how x0 goes to the next step")
     p.add_argument("--no-fused-write", action="store_true", help="write KV caches in separate forwards")
     p.add_argument("--device", default="cpu")
 
@@ -82,8 +87,8 @@ def _torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _generate(args: argparse.Namespace, *, labels=None, prompts=None):
-    """Run the pipeline of ``args.pipeline`` and return its "pt" frames (B, F, C, H, W) in [0, 1]
+def _generate(args: argparse.Namespace, folder: str, *, labels=None, prompts=None):
+    """Run the pipeline saved in ``folder`` and return its "pt" frames (B, F, C, H, W) in [0, 1]
     (None on the ranks other than 0 under torchrun)."""
     import torch
     import torch.distributed as dist
@@ -103,17 +108,17 @@ def _generate(args: argparse.Namespace, *, labels=None, prompts=None):
             args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     elif args.parallel is not None:
         order = "pipelined"
-    order = order or "hierarchical"
 
-    if not Path(args.pipeline).is_dir():
-        raise FileNotFoundError(f"pipeline folder {args.pipeline!r} does not exist")
-    pipe = HiARPipeline.from_pretrained(args.pipeline).to(args.device)
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"pipeline folder {folder!r} does not exist")
+    pipe = HiARPipeline.from_pretrained(folder).to(args.device)
     if _torchrun() and dist.get_rank() != 0:
         pipe.set_progress_bar_config(disable=True)
     frames = pipe(
         prompt=prompts, labels=labels, num_frames=args.num_frames, height=args.height, width=args.width,
         denoising_steps=_steps(args.denoising_steps), frames_per_block=args.frames_per_block, order=order,
-        window=args.window, context=args.context, renoise=args.renoise, fused=not args.no_fused_write,
+        window=args.window, guidance_scale=args.guidance_scale, context=args.context, renoise=args.renoise,
+        fused=not args.no_fused_write,
         num_processes=args.parallel, generator=torch.Generator(args.device).manual_seed(args.seed),
         output_type="pt",
     ).frames
@@ -179,7 +184,7 @@ def sample_video_main(args: argparse.Namespace) -> None:
     suffix = Path(args.output).suffix
     if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"unsupported output {args.output!r}; use one of {', '.join(VIDEO_SUFFIXES)}")
-    frames = _generate(args, labels=args.label, prompts=args.prompt)
+    frames = _generate(args, args.pipeline, labels=args.label, prompts=args.prompt)
     if frames is None:
         return
     path = write_video(frames.permute(0, 1, 3, 4, 2).numpy(), args.output, args.fps)
@@ -188,7 +193,7 @@ def sample_video_main(args: argparse.Namespace) -> None:
 
 def eval_video_main(args: argparse.Namespace) -> dict:
     """``fdistill eval-video``: VBench-style metrics (``fdistill.eval.video``) of a file or a pipeline."""
-    from fdistill.eval.video import evaluate_video
+    from fdistill.eval.video import as_videos, evaluate_video
 
     source = Path(args.input)
     if source.is_dir():
@@ -196,10 +201,10 @@ def eval_video_main(args: argparse.Namespace) -> dict:
             raise ValueError("eval-video samples label-conditioned pipelines only; sample text pipelines with "
                              "sample-video and evaluate the file")
         num_classes = json.loads((source / "label_embedding" / "config.json").read_text())["num_classes"]
-        frames = _generate(args, labels=[i % num_classes for i in range(args.num_videos)])
+        frames = _generate(args, args.input, labels=[i % num_classes for i in range(args.num_videos)])
         if frames is None:
             return {}
-        videos = frames.permute(0, 2, 1, 3, 4) * 2 - 1
+        videos = as_videos(frames, layout="pt")
     elif source.is_file():
         videos = read_video(source)
     else:

@@ -19,8 +19,12 @@ Backends (``backend=``):
 - ``"xformers"``: ``xformers.ops.memory_efficient_attention`` with an additive bias; CUDA only,
   imported lazily, an optional extra.
 - ``"reference"``: softmax(QKᵀ/√d) in float32 with the mask; the oracle for tests.
-- ``"triton"``: reserved for the fused Triton kernel (not implemented yet; raises).
-- ``"auto"``: xformers on CUDA when installed, otherwise sdpa.
+- ``"triton"``: the fused Triton kernels of ``triton_attention.py`` (forward and backward, no mask in
+  memory, fully masked tiles skipped); CUDA, or the CPU under ``TRITON_INTERPRET=1`` (tests).
+  Imported on first use, so ``import fdistill.kernels`` does not import Triton.
+- ``"auto"``: on CUDA, the fastest backend available of ``MEASURED_SPEED_ORDER`` for the GPU and the
+  dtype (measured by ``scripts/bench_attention.py``); for a GPU or dtype not measured, xformers
+  when installed, otherwise sdpa. On the CPU: sdpa.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import os
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,7 +43,14 @@ import torch.nn.functional as F
 
 BACKENDS: tuple[str, ...] = ("auto", "sdpa", "flex", "xformers", "reference", "triton")
 
-__all__ = ["BACKENDS", "available_backends", "block_causal_attention", "block_causal_mask"]
+# Backends fastest first, per (substring of the CUDA device name, dtype), from the rows of
+# scripts/bench_attention.py's report (train and cached cases, forward and forward + backward):
+# reports/attention_bench_h100.json (float32; sdpa < flex at every length). Add a row per measured GPU.
+MEASURED_SPEED_ORDER: dict[tuple[str, torch.dtype], tuple[str, ...]] = {
+    ("H100", torch.float32): ("sdpa", "flex"),
+}
+
+__all__ = ["BACKENDS", "MEASURED_SPEED_ORDER", "available_backends", "block_causal_attention", "block_causal_mask"]
 
 
 def _check_blocking(frames_per_block: int, window: int | None) -> None:
@@ -78,23 +91,66 @@ def block_causal_mask(
     return _visible(q_frames.unsqueeze(-1), k_frames.unsqueeze(-2), frames_per_block, window)
 
 
+@functools.cache  # installed packages do not change within a process; "auto" asks on every call
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def _xformers_available() -> bool:
-    return importlib.util.find_spec("xformers") is not None
+    return _installed("xformers")
 
 
 def _flex_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    return _installed("torch.nn.attention.flex_attention")
+
+
+_TRITON_MODULE = f"{__package__}.triton_attention"
+
+
+def _triton_interpreted() -> bool:
+    """Whether the Triton kernels run (or, once imported, will run) in the CPU interpreter."""
+    module = sys.modules.get(_TRITON_MODULE)
+    if module is not None:
+        return module.INTERPRETED
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _triton_available(device: torch.device) -> bool:
+    return _installed("triton") and (device.type == "cuda" or _triton_interpreted())
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Concrete backends usable on ``device`` (excludes "auto" and the unimplemented "triton")."""
+    """Concrete backends usable on ``device`` (excludes "auto"; "triton" on the CPU only under the interpreter)."""
     device = torch.device(device)
     names = ["sdpa", "reference"]
     if _flex_available():
         names.append("flex")
     if device.type == "cuda" and _xformers_available():
         names.append("xformers")
+    if _triton_available(device):
+        names.append("triton")
     return names
+
+
+def _cuda_auto_order(device_name: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """Candidates for "auto" on a CUDA device, fastest first (unmeasured: xformers, then sdpa)."""
+    for (name, measured_dtype), order in MEASURED_SPEED_ORDER.items():
+        if name in device_name and measured_dtype == dtype:
+            return order
+    return ("xformers", "sdpa")
+
+
+@functools.cache
+def _cuda_device_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def _auto(q: torch.Tensor) -> str:
+    if not q.is_cuda:
+        return "sdpa"
+    usable = available_backends(q.device)
+    order = _cuda_auto_order(_cuda_device_name(q.device.index or 0), q.dtype)
+    return next((name for name in order if name in usable), "sdpa")
 
 
 def _reference(q, k, v, mask):
@@ -183,15 +239,13 @@ def _resolve(backend: str, q: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "xformers" if q.is_cuda and _xformers_available() else "sdpa"
+        return _auto(q)
     if backend == "flex" and not _flex_available():
         raise RuntimeError("backend='flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5)")
-    if backend == "triton":
-        # The place for the fused Triton kernel (kernels/ is its home; see DESIGN.md "Attention
-        # kernels"). It must match "reference" on the same tests, under TRITON_INTERPRET=1 on CPU.
-        raise NotImplementedError(
-            "backend='triton' (fused block-causal Triton kernel) is not implemented yet; "
-            "use 'sdpa', 'flex' or 'xformers'"
+    if backend == "triton" and not _triton_available(q.device):
+        raise RuntimeError(
+            "backend='triton' needs the triton package and CUDA tensors, or TRITON_INTERPRET=1 set before "
+            f"triton is first imported (the CPU interpreter, for tests); got a {q.device.type} tensor"
         )
     return backend
 
@@ -222,7 +276,7 @@ def block_causal_attention(
         backend: one of ``BACKENDS`` (see the module docstring).
 
     Every query must see at least one key (true whenever the query's own frame is among the keys);
-    a query that sees none gives NaN ("sdpa", "reference") or zeros ("flex").
+    a query that sees none gives NaN ("sdpa", "reference") or zeros ("flex", "triton").
 
     Returns:
         (B, H, Lq, D), dtype of q.
@@ -241,6 +295,10 @@ def block_causal_attention(
     q_frames, k_frames = q_frames.to(q.device), k_frames.to(q.device)
     if backend == "flex":
         return _flex(q, k, v, q_frames, k_frames, frames_per_block, window)
+    if backend == "triton":
+        from .triton_attention import triton_block_causal_attention
+
+        return triton_block_causal_attention(q, k, v, q_frames, k_frames, frames_per_block, window)
     mask = block_causal_mask(q_frames, k_frames, frames_per_block=frames_per_block, window=window)
     if mask.ndim == 3:
         mask = mask.unsqueeze(1)  # (B, 1, Lq, Lk): the same mask for every head

@@ -42,19 +42,24 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         vae: optional ``AutoencoderKL``; when present the student works in its latent space.
         text_encoder, tokenizer: optional CLIP text encoder and tokenizer, needed for ``prompt`` (not for
             ``prompt_embeds``).
-        student_t: the time (in the schedule's units) the student maps noise from, if it is not
-            ``t_max``; stored in ``model_index.json``.
+
+    Config (saved in ``model_index.json``; ``pipe()`` uses it, call arguments override):
+        student_t: the time (in the schedule's units) the student maps noise from, if it is not ``t_max``.
+        height, width: the default output size in pixels (None: the unet's ``sample_size`` times the
+            VAE factor).
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["vae", "text_encoder", "tokenizer"]
 
     def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None,
-                 student_t: float | None = None):
+                 student_t: float | None = None, height: int | None = None, width: int | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer)
-        self.register_to_config(student_t=None if student_t is None else float(student_t))
+        self.register_to_config(student_t=None if student_t is None else float(student_t),
+                                height=None if height is None else int(height),
+                                width=None if width is None else int(width))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
 
@@ -161,21 +166,67 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         if latents is not None and latents.ndim != 4:
             raise ValueError(f"latents must be (B, C, H, W), got {tuple(latents.shape)}")
 
-    def encode_prompt(self, prompt: str | list[str], device: torch.device, num_images_per_prompt: int = 1) -> Tensor:
-        """CLIP last hidden states for ``prompt``, padded to the tokenizer's max length (as SD1.5):
-        (len(prompt) · num_images_per_prompt, L, D), each prompt's rows consecutive."""
-        inputs = self.tokenizer(_as_list(prompt), padding="max_length", max_length=self.tokenizer.model_max_length,
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        device: torch.device | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = False,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: Tensor | None = None,
+        negative_prompt_embeds: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """CLIP last hidden states, as ``StableDiffusionPipeline.encode_prompt``: (prompt_embeds, negative_prompt_embeds).
+
+        Each is (B · num_images_per_prompt, L, D), padded to the tokenizer's max length (as SD1.5), a
+        prompt's images consecutive. With ``do_classifier_free_guidance`` the negative embeddings
+        encode ``negative_prompt`` ("" by default) unless given; otherwise they are returned as given
+        (the student itself runs no guidance: it was distilled with it). ``device`` defaults to the
+        pipeline's execution device. Only text-conditional unets take a prompt: for a
+        class-conditional or unconditional unet this raises (pass ``class_labels`` to the pipeline).
+        """
+        if self.unet is not None and self.conditioning != "text":
+            kind = "class-conditional (pass class_labels)" if self.conditioning == "class" else "unconditional"
+            raise ValueError(f"this {type(self.unet).__name__} has no cross-attention, so there is no prompt to "
+                             f"encode: it is {kind}")
+        device = device or self._execution_device
+        prompts = None if prompt is None else _as_list(prompt)
+        if prompts is None and prompt_embeds is None:
+            raise ValueError("pass prompt or prompt_embeds")
+        batch_size = len(prompts) if prompts is not None else prompt_embeds.shape[0]
+        if prompt_embeds is None:
+            prompt_embeds = self._clip_embeds(prompts, device, "prompt")
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative = negative_prompt or ""
+            negative = batch_size * [negative] if isinstance(negative, str) else list(negative)
+            if len(negative) != batch_size:
+                raise ValueError(f"negative_prompt has {len(negative)} entries for {batch_size} prompts: "
+                                 "pass one per prompt, or one string")
+            negative_prompt_embeds = self._clip_embeds(negative, device, "negative_prompt")
+        dtype = next((m.dtype for m in (self.text_encoder, self.unet) if m is not None), prompt_embeds.dtype)
+        prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt,
+                                                                                                dim=0)
+        return prompt_embeds, negative_prompt_embeds
+
+    def _clip_embeds(self, prompts: list[str], device: torch.device, what: str) -> Tensor:
+        """(len(prompts), L, D) CLIP last hidden states."""
+        missing = [n for n in ("tokenizer", "text_encoder") if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"encoding the {what} needs a tokenizer and a text_encoder; this pipeline has no "
+                             f"{' and no '.join(missing)}: pass {what}_embeds instead")
+        inputs = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                                 truncation=True, return_tensors="pt")
         use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
         mask = inputs.attention_mask.to(device) if use_mask else None
-        embeds = self.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
-        return embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        return self.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
 
     def _condition(self, prompt, class_labels, prompt_embeds, num_images_per_prompt, device, dtype) -> dict:
         """Keyword arguments of the unet call: ``encoder_hidden_states`` and/or ``class_labels``."""
         kwargs = {}
         if prompt is not None:
-            kwargs["encoder_hidden_states"] = self.encode_prompt(prompt, device, num_images_per_prompt)
+            kwargs["encoder_hidden_states"] = self.encode_prompt(prompt, device, num_images_per_prompt)[0]
         elif prompt_embeds is not None:
             kwargs["encoder_hidden_states"] = prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, 0)
         if "encoder_hidden_states" in kwargs:
@@ -217,7 +268,8 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
             latents: unit Gaussian noise ε (B, C, h, w) to start from instead of drawing it (in latent space
                 when there is a VAE); the student's input is σ_T ε.
             prompt_embeds: precomputed text-encoder hidden states (B, L, cross_attention_dim).
-            height, width: output size in pixels (default: the unet's ``sample_size`` times the VAE factor).
+            height, width: output size in pixels (default: the config's, else the unet's ``sample_size``
+                times the VAE factor).
             num_inference_steps: 1 for one-step generation; N > 1 runs multistep consistency sampling
                 (denoise, re-noise x̂0 to the next time with fresh noise, denoise again).
             timesteps: explicit descending student times (schedule units) overriding ``student_times(N)``.
@@ -228,6 +280,8 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         Returns:
             ``ImagePipelineOutput(images=...)`` or ``(images,)``. Single-channel images become PIL "L" images.
         """
+        height = self.config.height if height is None else height
+        width = self.config.width if width is None else width
         self.check_inputs(prompt, class_labels, prompt_embeds, num_images_per_prompt, batch_size, output_type,
                           height, width, latents)
         device = self._execution_device

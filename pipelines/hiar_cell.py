@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fdistill.models.batched_forward import CacheForward, forward_batched
-from fdistill.models.causal_wan import CausalWanTransformer3DModel
+from fdistill.models.causal_wan import CacheForward, CausalWanTransformer3DModel
 from fdistill.models.kv_cache import KVCache
 from fdistill.schedules import NoiseSchedule
 
@@ -294,8 +293,8 @@ class HiARCells:
 
     # -- running forwards ----------------------------------------------------------------
     def forward(self, forwards: Sequence[CacheForward]) -> list[Tensor]:
-        """Run forwards (several: as one batched forward) and return each one's output for its last F
-        frames (the denoised block; for a pure write forward the output is not used)."""
+        """Run forwards as one model call (every order: ``forward_batched``, one group or several) and
+        return each one's output for its last F frames (the denoised block; unused for a pure write)."""
         if not forwards:
             return []
         self.num_forwards += 1
@@ -303,17 +302,9 @@ class HiARCells:
         f, plan = self.plan.frames_per_block, self.plan
         dtype = self.model.dtype  # the grid keeps its latents in float32; the model sees its own dtype
         forwards = [CacheForward(fw.x.to(dtype), fw.t, fw.frame_offset, fw.cache, fw.write_frames) for fw in forwards]
-        if len(forwards) == 1:
-            fw = forwards[0]
-            out = self.model(
-                fw.x, fw.t, self.condition.to(dtype), frame_offset=fw.frame_offset, attention="block_causal",
-                frames_per_block=f, window=plan.window, kv_cache=fw.cache, update_cache=fw.write_frames > 0,
-                cache_write_frames=fw.write_frames or None, attention_backend=plan.attention_backend,
-            ).sample
-            return [out[:, :, -f:]]
-        outs = forward_batched(self.model, forwards, self.condition.to(dtype), frames_per_block=f, window=plan.window,
-                               attention_backend=plan.attention_backend)
-        return [o[:, :, fw.x.shape[2] - f : fw.x.shape[2]] for o, fw in zip(outs, forwards, strict=True)]
+        outs = self.model.forward_batched(forwards, self.condition.to(dtype), frames_per_block=f, window=plan.window,
+                                          attention_backend=plan.attention_backend)
+        return [out[:, :, -f:] for out in outs]
 
 
 def cell_waves(order: str, num_blocks: int, num_steps: int) -> list[list[Cell]]:

@@ -46,6 +46,7 @@ SMALL = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32,
 MEDIUM = dict(SMALL, num_attention_heads=8, attention_head_dim=64, ffn_dim=2048, num_layers=8, text_dim=64)
 MODELS = {"small": (SMALL, 16), "medium": (MEDIUM, 32)}
 STEPS = [1000, 750, 500, 250]
+QUICK = False
 F, SIZE = 2, 16
 DEVICE = torch.device("cpu")
 
@@ -79,7 +80,7 @@ def _run(model, schedule, plan, condition, order, on_cell=None, stream=False):
 
 def bench_orders(model, schedule, condition, repeats: int) -> dict:
     times = denoising_times(schedule, STEPS)
-    num_blocks, num_steps = 8, len(STEPS)
+    num_blocks, num_steps = (3 if QUICK else 8), len(STEPS)
     out: dict = {"num_blocks": num_blocks, "num_steps": num_steps, "frames_per_block": F, "orders": {}}
     reference = None
     variants = [(order, fused, "next") for order in ("sequential", "hierarchical", "wavefront") for fused in (True, False)]
@@ -100,7 +101,8 @@ def bench_orders(model, schedule, condition, repeats: int) -> dict:
     plan = HiARPlan(times, num_blocks, F)
     bank = NoiseBank(0, (1, 1, F, SIZE, SIZE))
     gpus = torch.cuda.device_count() if DEVICE.type == "cuda" else 0
-    for processes in (2, 4) if DEVICE.type == "cpu" else [p for p in (2, 4) if p <= gpus]:
+    counts = (2,) if QUICK else (2, 4)
+    for processes in counts if DEVICE.type == "cpu" else [p for p in counts if p <= gpus]:
         runs, computes, cpus = [], [], []
         for i in range(repeats + 1):
             timing: dict = {}
@@ -139,7 +141,7 @@ def bench_window(model, schedule, condition, repeats: int) -> dict:
     out: dict = {"window_frames": window, "frames_per_block": F, "runs": []}
     for order in ("sequential", "wavefront"):
         for use_window in (True, False):
-            for multiple in (1, 2, 4, 8):
+            for multiple in (1, 2) if QUICK else (1, 2, 4, 8):
                 frames = multiple * window
                 plan = HiARPlan(times, frames // F, F, window=window if use_window else None)
                 peak = {"state": 0, "cache": 0}
@@ -167,12 +169,15 @@ def bench_window(model, schedule, condition, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (3 blocks, 2 processes, windows up to 2x): checks the script, measures nothing")
     parser.add_argument("--output", default="reports/hiar_bench.json")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda: single-process orders on one GPU")
     parser.add_argument("--model", default="small", choices=list(MODELS),
                         help="small: the first moving-digits teacher's shape (241k params) on 16x16; medium: 8x64 heads, 8 layers, 32x32")
     args = parser.parse_args()
-    global DEVICE, SIZE
+    global DEVICE, SIZE, QUICK
+    QUICK = args.quick
     DEVICE = torch.device(args.device)
     config, SIZE = MODELS[args.model]
     torch.set_num_threads(1)

@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     args = ap.parse_args()
+    if args.steps < 3:
+        ap.error(f"--steps {args.steps}: need at least 3 (the first two iterations are warm-up and not timed)")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     times: dict[str, list[float]] = {d: [] for d in args.divergences}
@@ -63,6 +65,7 @@ def main() -> None:
               "ratio_to_" + args.divergences[0]: {d: statistics.median(v) / base for d, v in times.items()},
               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
               "mixed_precision": args.mixed_precision, "threads": torch.get_num_threads()}
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 

@@ -24,7 +24,7 @@ import torch
 from torchvision.utils import save_image
 
 from fdistill.eval.fid import class_coverage, compute_fid
-from fdistill.teachers import ASSETS, export_teacher_asset, load_teacher
+from fdistill.teachers import export_teacher_asset, load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,8 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
         "data_floor": {"fid_test_split_vs_all": compute_fid(test, reference),
                        "class_accuracy_test_split": class_coverage(test, labels=test_labels)["accuracy"]},
     }
-    grid = samples[: 100].view(10, 10, 1, 16, 16).transpose(0, 1).reshape(100, 1, 16, 16)
+    per_class = max(1, min(10, len(samples) // 10))  # labels cycle 0..9: one row per class
+    grid = samples[: 10 * per_class].view(per_class, 10, 1, 16, 16).transpose(0, 1).reshape(-1, 1, 16, 16)
     return metrics, grid
 
 
@@ -133,7 +134,9 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="where the teacher samples (metrics run on the CPU)")
     p.add_argument("--reports", type=Path, default=ROOT / "reports", help="where the JSON and PNG go")
-    p.add_argument("--export", action="store_true", help="also write fdistill/assets/<teacher>_teacher.*")
+    p.add_argument("--export", action="store_true", help="also write <assets>/<teacher>_teacher.*")
+    p.add_argument("--assets", type=Path, default=ROOT / "fdistill" / "assets",
+                   help="where --export writes (default: this checkout's fdistill/assets)")
     p.add_argument("--report-suffix", default="", help="appended to the report files' names, e.g. _cfg2")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -145,7 +148,7 @@ def main(argv=None) -> None:
     if args.teacher == "digits":
         metrics, grid = eval_digits(args.run, args.num_samples or 2000, args.steps or 18, args.guidance, args.seed,
                                     args.device)
-        save_image((grid + 1) / 2, reports / f"{out}_samples.png", nrow=10, padding=1)
+        save_image((grid + 1) / 2, reports / f"{out}_samples.png", nrow=len(grid) // 10, padding=1)
     else:
         metrics, strip, frames = eval_moving_digits(args.run, args.num_samples or 200, args.steps or 25,
                                                     args.guidance, args.seed, args.device)
@@ -156,7 +159,7 @@ def main(argv=None) -> None:
     (reports / f"{out}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.export:
         keep = {k: v for k, v in report.items() if k != "config"}
-        export_teacher_asset(args.run, ASSETS / f"{name}.safetensors", metrics=keep)
+        export_teacher_asset(args.run, args.assets / f"{name}.safetensors", metrics=keep)
     print(json.dumps({k: v for k, v in report.items() if k != "config"}, indent=1))
 
 

@@ -99,8 +99,9 @@ def test_errors():
         block_causal_attention(q, k, v, frames_per_block=2, window=1, **kw)
     with pytest.raises(ValueError, match="sdpa"):
         block_causal_attention(q, k, v, frames_per_block=2, backend="cudnn", **kw)
-    with pytest.raises(NotImplementedError, match="triton"):
-        block_causal_attention(q, k, v, frames_per_block=2, backend="triton", **kw)
+    if "triton" not in available_backends("cpu"):  # CPU tensors without the interpreter
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+            block_causal_attention(q, k, v, frames_per_block=2, backend="triton", **kw)
     with pytest.raises(RuntimeError, match="CUDA"):
         block_causal_attention(q, k, v, frames_per_block=2, backend="xformers", **kw)
     with pytest.raises(ValueError, match="Lq"):
@@ -126,3 +127,21 @@ def test_flex_block_mask_is_cached_per_layout():
     reference = block_causal_attention(q, k, v, q_frames=frames, k_frames=frames, frames_per_block=2, window=2,
                                        backend="reference")
     torch.testing.assert_close(windowed, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_follows_the_measured_table():
+    from fdistill.kernels import attention
+
+    q = torch.zeros(1, 1, 2, 8)
+    assert attention._resolve("auto", q) == "sdpa"  # the CPU keeps sdpa
+    assert attention._cuda_auto_order("NVIDIA H100 80GB HBM3", torch.float32) == attention.MEASURED_SPEED_ORDER[
+        ("H100", torch.float32)]
+    assert attention._cuda_auto_order("NVIDIA A10", torch.float32) == ("xformers", "sdpa")  # not measured
+
+
+def test_importing_the_kernels_does_not_import_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, fdistill.kernels; assert 'triton' not in sys.modules, 'triton imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -120,6 +120,20 @@ def test_cache_written_at_another_timestep_and_fused_write(model, inputs):
 
 @pytest.mark.parametrize("attention", ["bidirectional", "block_causal"])
 @torch.no_grad()
+def test_cached_copies_of_input_frames_are_ignored(model, inputs, attention):
+    """A cache holding frames 0..3 reads like one holding 0..1 when the input is frames 2..5."""
+    latents, timesteps, text = inputs
+    kw = dict(attention=attention, frames_per_block=2 if attention == "block_causal" else None)
+    stale, clean = model.make_kv_cache(), model.make_kv_cache()
+    model(latents[:, :, :4], timesteps[:, :4], text, kv_cache=stale, update_cache=True, **kw)
+    model(latents[:, :, :4], timesteps[:, :4], text, kv_cache=clean, update_cache=True, cache_write_frames=2, **kw)
+    assert stale.num_frames == 4 and clean.num_frames == 2
+    read = lambda cache: model(latents[:, :, 2:], timesteps[:, 2:], text, frame_offset=2, kv_cache=cache, **kw).sample
+    _close(read(stale), read(clean))
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "block_causal"])
+@torch.no_grad()
 def test_equal_per_frame_timesteps_equal_the_batch_timestep(model, inputs, attention):
     latents, _, text = inputs
     t = torch.tensor([100.0, 900.0])

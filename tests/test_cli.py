@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from fdistill.cli import main
@@ -24,6 +25,15 @@ def test_bad_override_exits_with_a_clear_message(capsys):
     assert "unknown divergence 'bogus'" in err and "jensen_shannon" in err
 
 
+def test_overrides_may_follow_options(capsys):
+    # the README's `... --resume latest steps=2`: overrides after an option still reach the config
+    assert main(["distill", "--resume", "latest", "objective.divergence=bogus"]) == 2
+    assert "unknown divergence 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["distill", "--resume", "latest", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
 def test_eval_reports_metrics_of_a_pipeline(tmp_path, capsys):
     from diffusers import UNet2DModel
 
@@ -41,3 +51,44 @@ def test_eval_reports_metrics_of_a_pipeline(tmp_path, capsys):
     assert {"fid", "kid", "precision", "recall", "classes_covered", "images_per_second"} <= set(report)
     assert report["num_samples"] == 40 and report["fid"] > 0
     assert main(["eval", "--pipeline", str(tmp_path / "missing")]) == 2
+
+
+def config_help(command, capsys):
+    """The ``key  type = default`` rows that ``fdistill <command> --help`` prints."""
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    rows = text.split("config keys (in the --config YAML or as key=value overrides; type = default):\n")[1]
+    return [line.split(None, 1) for line in rows.strip().splitlines()]
+
+
+def test_distill_help_lists_every_config_key_with_type_and_default(capsys):
+    from fdistill.training.config import load_config
+    from fdistill.training.distill_config import DistillConfig
+
+    rows = dict(config_help("distill", capsys))
+    assert rows["teacher.kind"] == "str = 'asset'" and rows["teacher.path"] == "str | None = None"
+    assert rows["objective.divergence"] == "str = 'jensen_shannon'" and rows["warmup.ode_pairs"] == "int = 2000"
+    assert rows["data.prompts"] == "list[str] = []" and rows["steps"] == "int = 1000"
+    # every listed key is a real one: setting each to its listed default builds the default config
+    overrides = [f"{key}={spec.split(' = ', 1)[1]}" for key, spec in rows.items()]
+    overrides = [o.replace("=None", "=") for o in overrides]
+    assert load_config(DistillConfig, None, overrides) == DistillConfig()
+
+
+def test_train_teacher_help_lists_its_config_keys(capsys):
+    rows = dict(config_help("train-teacher", capsys))
+    assert rows["model.kind"] == "str = 'unet2d'" and rows["schedule.name"] == "str = 'edm'"
+    assert rows["schedule.kwargs"] == "dict = {}" and rows["lr_schedule"] == "str = 'constant'"
+
+
+def test_yaml11_boolean_words_in_overrides_keep_their_meaning():
+    # `mixed_precision=no` is the string "no" (YAML 1.1 would read False); a bool field still takes yes/no
+    from fdistill.training.config import apply_overrides, build
+    from fdistill.training.distill import DistillConfig
+
+    data = apply_overrides({}, ["mixed_precision=no", "export=no"])
+    assert data == {"mixed_precision": "no", "export": "no"}
+    cfg = build(DistillConfig, data)
+    assert cfg.mixed_precision == "no" and cfg.export is False

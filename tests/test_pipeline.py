@@ -220,7 +220,7 @@ def test_num_images_per_prompt_repeats_each_prompt(text_pipe):
     assert grouped.images.shape == (6, 16, 16, 3)
     # the text encoder sees 2 vs 6 prompts: another GEMM blocking (tests/tolerances.py)
     assert_close_up_to_rounding(grouped.images, flat.images)
-    embeds = text_pipe.encode_prompt(["a cat", "a dog"], torch.device("cpu"))
+    embeds, _ = text_pipe.encode_prompt(["a cat", "a dog"], torch.device("cpu"))
     via_embeds = text_pipe(prompt_embeds=embeds, num_images_per_prompt=3, latents=noise, output_type="np")
     np.testing.assert_array_equal(grouped.images, via_embeds.images)  # exact: the same embeddings, batch 6
 
@@ -294,7 +294,7 @@ def test_prompt_without_text_encoder_is_refused(text_pipe):
     pipe = FDistillPipeline(unet=text_pipe.unet, scheduler=text_pipe.scheduler, vae=text_pipe.vae)
     with pytest.raises(ValueError, match="no tokenizer and no text_encoder.*prompt_embeds"):
         pipe(prompt="a cat")
-    embeds = text_pipe.encode_prompt("a cat", torch.device("cpu"))
+    embeds, _ = text_pipe.encode_prompt("a cat", torch.device("cpu"))
     assert quiet(pipe)(prompt_embeds=embeds, output_type="pt").images.shape == (1, 3, 16, 16)
 
 

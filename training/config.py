@@ -24,6 +24,19 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its dataclass."""
 
 
+# YAML 1.1 reads these as booleans; on a command line `mixed_precision=no` means the string
+_YAML11_BOOLEAN_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
+def _override_value(raw: str) -> Any:
+    """An override's value parsed as YAML, except that yes/no/on/off stay strings (true/false are booleans)."""
+    if not raw.strip():
+        return None
+    if raw.strip().lower() in _YAML11_BOOLEAN_WORDS:
+        return raw.strip()
+    return yaml.safe_load(raw)
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Set ``a.b.c=value`` entries in a nested dict (values parsed as YAML)."""
     for item in overrides:
@@ -36,7 +49,7 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = _override_value(raw)
     return data
 
 
@@ -82,6 +95,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             pass
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if tp is bool and isinstance(value, str) and value.lower() in _YAML11_BOOLEAN_WORDS:
+        return value.lower() in ("yes", "on", "y")
     if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
@@ -112,6 +127,39 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     return build(cls, apply_overrides(data, overrides))
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def config_keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, type, default) of every setting of dataclass ``cls``, sections flattened, in field order.
+
+    A setting without a default has ``dataclasses.MISSING``.
+    """
+    hints = typing.get_type_hints(cls)
+    rows: list[tuple[str, str, Any]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, key = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            rows += config_keys(tp, key + ".")
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((key, _type_name(tp), default))
+    return rows
+
+
+def describe_config(cls: type) -> str:
+    """One line per setting of ``cls``: ``key  type = default`` (for ``--help``)."""
+    rows = config_keys(cls)
+    width = max(len(key) for key, _, _ in rows)
+    return "\n".join(f"  {key:<{width}}  {tp} = {'(required)' if default is dataclasses.MISSING else repr(default)}"
+                     for key, tp, default in rows)
 
 
 def to_dict(config: Any) -> dict:

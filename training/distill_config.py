@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,52 @@ from .trainer import PRECISIONS, LoopConfig  # noqa: F401  (PRECISIONS: public n
 TEACHER_KINDS = ("asset", "pipeline")
 DATA_NAMES = ("digits", "teacher_samples")
 FEATURE_SOURCES = ("teacher", "fake")
+SD_FOLDERS = ("unet", "scheduler", "text_encoder", "tokenizer")
+"""Subfolders of the SD1.x/2.x-style pipeline folders that ``teacher.kind=pipeline`` reads (``vae`` optional)."""
+
+
+def _pipeline_class(root: Path) -> str:
+    """`` (model_index.json: <class>)`` when the folder has one, for messages."""
+    index = root / "model_index.json"
+    name = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    return f" (model_index.json: {name})" if name else ""
+
+
+def check_teacher_path(kind: str, path: str) -> None:
+    """Refuse a ``teacher.path`` that ``teacher.kind`` cannot read, naming the setting to change.
+
+    Reads only folder names and json files: unsupported teachers (SDXL, transformer models) stop
+    here, before any model is imported or an output folder is made.
+    """
+    root = Path(path)
+    if kind == "asset":
+        if root.is_dir() and ((root / "model_index.json").is_file() or (root / "unet").is_dir()):
+            raise ValueError(f"teacher.path {path!r} is a diffusers pipeline folder{_pipeline_class(root)}: set "
+                             "teacher.kind=pipeline (teacher.kind=asset reads a teacher asset .safetensors or a "
+                             "train-teacher output folder)")
+        if root.is_dir() and not (root / "teacher.json").is_file():
+            raise ValueError(f"teacher.path {path!r} is a folder without teacher.json: teacher.kind=asset reads a "
+                             "teacher asset .safetensors or a train-teacher output folder")
+        return
+    if not root.is_dir():
+        raise ValueError(f"teacher.path {path!r} is a file: teacher.kind=pipeline reads a diffusers pipeline "
+                         "folder; set teacher.kind=asset for a teacher asset")
+    unet_config = root / "unet" / "config.json"
+    addition = json.loads(unet_config.read_text()).get("addition_embed_type") if unet_config.is_file() else None
+    if (root / "text_encoder_2").is_dir() or addition is not None:
+        found = "text_encoder_2/" if (root / "text_encoder_2").is_dir() else f"unet addition_embed_type={addition!r}"
+        raise ValueError(f"teacher.path {path!r} is an SDXL-style pipeline{_pipeline_class(root)}, with {found}: "
+                         "SDXL-style teachers are not supported yet; teacher.kind=pipeline reads SD1.x/2.x-style "
+                         f"folders ({', '.join(SD_FOLDERS)}, optional vae)")
+    if (root / "transformer").is_dir() and not (root / "unet").is_dir():
+        raise ValueError(f"teacher.path {path!r} holds a transformer and no unet{_pipeline_class(root)}: "
+                         "transformer teachers (DiT, PixArt, SD3, Flux, Wan) are not supported yet; "
+                         f"teacher.kind=pipeline reads SD1.x/2.x-style folders ({', '.join(SD_FOLDERS)}, optional vae)")
+    missing = [sub for sub in SD_FOLDERS if not (root / sub).is_dir()]
+    if missing:
+        raise ValueError(f"teacher.path {path!r} has no {', '.join(missing)} folder{'s' if len(missing) > 1 else ''}"
+                         f"{_pipeline_class(root)}: teacher.kind=pipeline reads SD1.x/2.x-style folders "
+                         f"({', '.join(SD_FOLDERS)}, optional vae)")
 
 
 @dataclass
@@ -36,6 +83,8 @@ class TeacherSpec:
             raise ValueError("teacher.kind 'pipeline' needs teacher.path (a local diffusers pipeline folder)")
         if self.path is not None and not Path(self.path).exists():
             raise ValueError(f"teacher.path {self.path!r} does not exist")
+        if self.path is not None:
+            check_teacher_path(self.kind, self.path)
 
 
 @dataclass
@@ -119,6 +168,15 @@ class DistillConfig(LoopConfig):
             raise ValueError(f"warmup.batch_size {self.warmup.batch_size} does not split into "
                              f"gradient_accumulation_steps={self.gradient_accumulation_steps} equal micro-batches")
         get_divergence(self.objective.divergence)
+        if self.teacher.kind == "pipeline" and self.data.name == "digits":
+            raise ValueError("data.name 'digits' gives real digits for the digits teacher; a pipeline teacher "
+                             "needs data.name=teacher_samples (real samples drawn from the teacher)")
+        if self.teacher.kind == "pipeline" and not self.data.prompts:
+            raise ValueError("teacher.kind=pipeline is text-conditioned: set data.prompts, e.g. "
+                             "data.prompts='[a photo of a cat, a red car]'")
+        if self.teacher.kind == "asset" and self.data.prompts:
+            raise ValueError("data.prompts conditions text teachers (teacher.kind=pipeline); an asset teacher is "
+                             "class-conditional: remove data.prompts")
 
     @property
     def total_steps(self) -> int:

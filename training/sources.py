@@ -51,14 +51,12 @@ def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: tor
 
     from fdistill.schedules import schedule_from_scheduler
 
-    root = Path(spec.path)
-    for sub in ("unet", "scheduler", "text_encoder", "tokenizer"):
-        if not (root / sub).is_dir():
-            raise ValueError(f"teacher pipeline {root} has no {sub!r} folder (expected an SD-style layout)")
+    root = Path(spec.path)  # its layout was checked with the config (check_teacher_path)
     if not prompts:
         raise ValueError("a text-conditioned teacher needs data.prompts")
     sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
     scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_pretrained(root, subfolder="scheduler")
+    schedule = schedule_from_scheduler(scheduler)  # refuses what it cannot read before the models load
     unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet").to(device).requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").to(device).requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
@@ -71,7 +69,7 @@ def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: tor
         return text_encoder(ids)[0]
 
     table, null = encode(prompts), encode([""])
-    den = Denoiser(unet, schedule_from_scheduler(scheduler), "encoder_hidden_states", guidance_scale, null,
+    den = Denoiser(unet, schedule, "encoder_hidden_states", guidance_scale, null,
                    spec.feature_modules).eval()
 
     def draw(batch: int, g: torch.Generator) -> Tensor:
@@ -108,7 +106,9 @@ class RealData:
 
             x, y = load_digits_tensors("train")
             if tuple(x.shape[1:]) != teacher.sample_shape:
-                raise ValueError(f"digits are {tuple(x.shape[1:])} but the teacher samples {teacher.sample_shape}")
+                raise ValueError(f"digits are {tuple(x.shape[1:])} but the teacher samples {teacher.sample_shape}: "
+                                 "data.name=digits needs a teacher of 16×16 digits; set data.name=teacher_samples "
+                                 "to draw the real samples from the teacher")
             self.x, self.c = x.to(device), y.to(device)
         else:
             g = torch.Generator().manual_seed(config.seed + 12345)

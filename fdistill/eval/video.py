@@ -1,8 +1,21 @@
 """VBench-style video metrics that run offline on small videos.
 
-Videos are tensors (B, C, F, H, W) in [-1, 1]. Each metric follows the VBench definition, with the
-network VBench uses (DINO, RAFT) replaced by what is available offline (the digits classifier,
-OpenCV Farneback flow) unless a local weights file is given:
+Every metric takes videos in any of three layouts, the ones the HiAR pipeline returns
+(``layout`` names its ``output_type``):
+
+- "latent": torch (B, C, F, H, W) in [-1, 1], the metrics' own layout (``output_type="latent"``
+  of a pipeline without a VAE, ``read_video``, the data sets' clips);
+- "pt": torch (B, F, C, H, W) in [0, 1] (``output_type="pt"``);
+- "np": NumPy (B, F, H, W, C) in [0, 1] (``output_type="np"``; grey videos arrive as three equal
+  channels and are read back as one).
+
+With ``layout=None`` a NumPy array is "np"; a tensor is "latent" when dim 1 holds the channels
+(1 or 3) and "pt" when dim 2 does and its values lie in [0, 1]. A tensor that fits both (e.g. 3
+frames of grey) or neither raises, asking for ``layout``. ``as_videos`` does the conversion.
+
+Each metric follows the VBench definition, with the network VBench uses (DINO, RAFT) replaced by
+what is available offline (the digits classifier, OpenCV Farneback flow) unless a local weights
+file is given:
 
 - temporal flickering: 1 - mean |I_f - I_{f+1}| / 255 over consecutive uint8 frames.
 - subject consistency: mean over f >= 1 of (max(0, cos(z_f, z_{f-1})) + max(0, cos(z_f, z_0))) / 2,
@@ -26,10 +39,50 @@ import torch.nn.functional as F
 from fdistill.eval.fid import class_coverage, fid_from_features, resolve_classifier, to_classifier_input, to_uint8
 from fdistill.models.classifier import DigitsClassifier
 
+Videos = torch.Tensor | np.ndarray
+"""Videos in one of ``LAYOUTS``."""
 
-def _check_videos(videos: torch.Tensor) -> None:
+LAYOUTS: dict[str, str] = {
+    "latent": "torch (B, C, F, H, W) in [-1, 1]",
+    "pt": "torch (B, F, C, H, W) in [0, 1], output_type='pt'",
+    "np": "NumPy (B, F, H, W, C) in [0, 1], output_type='np'",
+}
+CHANNELS = (1, 3)
+
+
+def _layout_hint() -> str:
+    return "; ".join(f"layout={name!r}: {text}" for name, text in LAYOUTS.items())
+
+
+def _detect_layout(videos: Videos) -> str:
+    if isinstance(videos, np.ndarray):
+        return "np"
+    fits = []
+    if videos.shape[1] in CHANNELS:
+        fits.append("latent")
+    if videos.shape[2] in CHANNELS and videos.numel() and 0 <= videos.min() and videos.max() <= 1:
+        fits.append("pt")
+    if len(fits) != 1:
+        what = "fits both 'latent' and 'pt'" if fits else "fits no layout"
+        raise ValueError(f"videos of shape {tuple(videos.shape)} {what}: pass layout= ({_layout_hint()})")
+    return fits[0]
+
+
+def as_videos(videos: Videos, layout: str | None = None) -> torch.Tensor:
+    """Videos in any of ``LAYOUTS`` (``layout=None``: detected, see the module docstring) as the
+    metrics' own (B, C, F, H, W) float tensor in [-1, 1]."""
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     if videos.ndim != 5:
-        raise ValueError(f"videos must be (B, C, F, H, W), got {tuple(videos.shape)}")
+        raise ValueError(f"videos must be 5-D ({_layout_hint()}), got shape {tuple(videos.shape)}")
+    layout = layout or _detect_layout(videos)
+    x = torch.from_numpy(np.ascontiguousarray(videos)) if isinstance(videos, np.ndarray) else videos
+    if layout == "latent":
+        return x
+    x = x.permute(0, 4, 1, 2, 3) if layout == "np" else x.permute(0, 2, 1, 3, 4)
+    if x.shape[1] == 3 and torch.equal(x[:, :1].expand_as(x), x):
+        x = x[:, :1]  # the pipeline's grey RGB: one channel, as the digits metrics expect
+    return x.float() * 2 - 1
 
 
 def _frames(videos: torch.Tensor) -> torch.Tensor:
@@ -38,12 +91,13 @@ def _frames(videos: torch.Tensor) -> torch.Tensor:
     return videos.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
 
 
-def temporal_flickering(videos: torch.Tensor) -> torch.Tensor:
+def temporal_flickering(videos: Videos, layout: str | None = None) -> torch.Tensor:
     """VBench temporal flickering per video: (255 - mean |I_f - I_{f+1}|) / 255 on uint8 frames.
 
-    videos: (B, C, F >= 2, H, W) in [-1, 1] -> scores (B,) in [0, 1]; 1 = no change at all.
+    videos: (B, C, F >= 2, H, W) in [-1, 1] (or another ``layout``) -> scores (B,) in [0, 1];
+    1 = no change at all.
     """
-    _check_videos(videos)
+    videos = as_videos(videos, layout)
     if videos.shape[2] < 2:
         raise ValueError("temporal flickering needs at least 2 frames")
     frames = to_uint8(videos).float()
@@ -55,8 +109,7 @@ def temporal_flickering(videos: torch.Tensor) -> torch.Tensor:
 def _frame_outputs(
     videos: torch.Tensor, classifier: DigitsClassifier | None, batch_size: int = 512
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame classifier features (B, F, D) and class probabilities (B, F, K)."""
-    _check_videos(videos)
+    """Per-frame classifier features (B, F, D) and class probabilities (B, F, K) of (B, C, F, H, W) videos."""
     model = resolve_classifier(classifier)
     device = next(model.parameters()).device
     frames = to_classifier_input(_frames(videos), model.config["image_size"])
@@ -67,14 +120,16 @@ def _frame_outputs(
     return feats.reshape(b, f, -1), probs.reshape(b, f, -1)
 
 
-def frame_features(videos: torch.Tensor, classifier: DigitsClassifier | None = None) -> torch.Tensor:
+def frame_features(videos: Videos, classifier: DigitsClassifier | None = None,
+                   layout: str | None = None) -> torch.Tensor:
     """Classifier penultimate features of every frame: (B, C, F, H, W) in [-1, 1] -> (B, F, D)."""
-    return _frame_outputs(videos, classifier)[0]
+    return _frame_outputs(as_videos(videos, layout), classifier)[0]
 
 
-def frame_confidence(videos: torch.Tensor, classifier: DigitsClassifier | None = None) -> torch.Tensor:
+def frame_confidence(videos: Videos, classifier: DigitsClassifier | None = None,
+                     layout: str | None = None) -> torch.Tensor:
     """Classifier confidence (max softmax probability) of every frame: -> (B, F) in [0, 1]."""
-    return _frame_outputs(videos, classifier)[1].max(dim=-1).values
+    return _frame_outputs(as_videos(videos, layout), classifier)[1].max(dim=-1).values
 
 
 def _centroids(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,9 +141,9 @@ def _centroids(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (ink.sum(-1) * rows).sum(-1) / mass, (ink.sum(-2) * cols).sum(-1) / mass
 
 
-def centroid_speed(videos: torch.Tensor) -> float:
+def centroid_speed(videos: Videos, layout: str | None = None) -> float:
     """Mean speed of the brightness centroid, pixels per frame: (B, 1, F, H, W) in [-1, 1] -> float."""
-    _check_videos(videos)
+    videos = as_videos(videos, layout)
     r, c = _centroids(videos[:, 0])  # (B, F)
     return ((r[:, 1:] - r[:, :-1]) ** 2 + (c[:, 1:] - c[:, :-1]) ** 2).sqrt().mean().item()
 
@@ -111,14 +166,14 @@ def digit_crops(frames: torch.Tensor, glyph: int = 8, size: int = 16) -> torch.T
     return F.interpolate(crops.float(), size=(size, size), mode="bilinear", align_corners=False)
 
 
-def frame_accuracy(videos: torch.Tensor, labels: torch.Tensor, classifier: DigitsClassifier | None = None,
-                   crop: bool = True) -> float:
+def frame_accuracy(videos: Videos, labels: torch.Tensor, classifier: DigitsClassifier | None = None,
+                   crop: bool = True, layout: str | None = None) -> float:
     """Fraction of frames the digits classifier assigns to their video's label.
 
-    videos: (B, 1, F, H, W) in [-1, 1]; labels: (B,). ``crop``: classify ``digit_crops`` of each
-    frame (moving digits) instead of the whole frame.
+    videos: (B, 1, F, H, W) in [-1, 1] (or another ``layout``); labels: (B,). ``crop``: classify
+    ``digit_crops`` of each frame (moving digits) instead of the whole frame.
     """
-    _check_videos(videos)
+    videos = as_videos(videos, layout)
     if labels.shape != (videos.shape[0],):
         raise ValueError(f"labels must be ({videos.shape[0]},), got {tuple(labels.shape)}")
     frames = _frames(videos)
@@ -128,13 +183,15 @@ def frame_accuracy(videos: torch.Tensor, labels: torch.Tensor, classifier: Digit
 
 
 def subject_consistency(
-    videos: torch.Tensor, classifier: DigitsClassifier | None = None, features: torch.Tensor | None = None
+    videos: Videos, classifier: DigitsClassifier | None = None, features: torch.Tensor | None = None,
+    layout: str | None = None,
 ) -> torch.Tensor:
     """VBench subject consistency per video, with classifier features in place of DINO.
 
-    videos: (B, C, F >= 2, H, W) in [-1, 1] (or precomputed `features` (B, F, D)) -> (B,) in [0, 1].
+    videos: (B, C, F >= 2, H, W) in [-1, 1] (or another ``layout``; or precomputed `features`
+    (B, F, D)) -> (B,) in [0, 1].
     """
-    z = frame_features(videos, classifier) if features is None else features
+    z = frame_features(videos, classifier, layout) if features is None else features
     if z.shape[1] < 2:
         raise ValueError("subject consistency needs at least 2 frames")
     z = F.normalize(z.double(), dim=-1)
@@ -189,14 +246,15 @@ class _RaftFlow:
 
 
 def flow_magnitude(
-    videos: torch.Tensor, raft_weights: str | os.PathLike | None = None, raft_model: str = "large"
+    videos: Videos, raft_weights: str | os.PathLike | None = None, raft_model: str = "large",
+    layout: str | None = None,
 ) -> torch.Tensor:
     """Per frame pair, the mean of the top-5% optical-flow magnitudes in pixels per frame.
 
     Farneback (OpenCV) on grey uint8 frames by default; torchvision RAFT when `raft_weights` (a
-    local state-dict file) is given. videos: (B, C, F >= 2, H, W) -> (B, F - 1).
+    local state-dict file) is given. videos: (B, C, F >= 2, H, W) (or another ``layout``) -> (B, F - 1).
     """
-    _check_videos(videos)
+    videos = as_videos(videos, layout)
     if videos.shape[2] < 2:
         raise ValueError("optical flow needs at least 2 frames")
     raft = None if raft_weights is None else _RaftFlow(raft_weights, raft_model)
@@ -211,10 +269,11 @@ def flow_magnitude(
 
 
 def dynamic_degree(
-    videos: torch.Tensor,
+    videos: Videos,
     fps: float = 8.0,
     raft_weights: str | os.PathLike | None = None,
     magnitudes: torch.Tensor | None = None,
+    layout: str | None = None,
 ) -> torch.Tensor:
     """VBench dynamic degree decision per video: (B, C, F, H, W) -> (B,) float in {0, 1}.
 
@@ -222,19 +281,20 @@ def dynamic_degree(
     at least max(1, round(4 F / 16)) pairs above it (VBench's count, floored at 1 so very short
     clips are not dynamic by default). The mean over videos is VBench's score.
     """
-    _check_videos(videos)
+    videos = as_videos(videos, layout)
     _, _, f, h, w = videos.shape
-    mags = flow_magnitude(videos, raft_weights) if magnitudes is None else magnitudes
+    mags = flow_magnitude(videos, raft_weights, layout="latent") if magnitudes is None else magnitudes
     threshold = max(1.0, 8.0 / fps) * 6.0 * min(h, w) / 256.0
     count = max(1, round(4 * f / 16))
     return ((mags > threshold).sum(dim=1) >= count).float()
 
 
 def temporal_drift(
-    videos: torch.Tensor,
+    videos: Videos,
     classifier: DigitsClassifier | None = None,
     segment: float = 0.25,
     reference_features: np.ndarray | torch.Tensor | None = None,
+    layout: str | None = None,
 ) -> dict[str, float]:
     """Per-frame quality of the last `segment` fraction of frames against the first.
 
@@ -244,8 +304,7 @@ def temporal_drift(
     classifier grows less sure of later frames), frechet_first_last (features of first-segment vs
     last-segment frames) and, with reference_features, fid_first / fid_last / fid_drift (last - first).
     """
-    _check_videos(videos)
-    return _drift(*_frame_outputs(videos, classifier), segment, reference_features)
+    return _drift(*_frame_outputs(as_videos(videos, layout), classifier), segment, reference_features)
 
 
 def _drift(
@@ -272,24 +331,26 @@ def _drift(
 
 
 def evaluate_video(
-    videos: torch.Tensor,
+    videos: Videos,
     classifier: DigitsClassifier | None = None,
     fps: float = 8.0,
     reference_features: np.ndarray | torch.Tensor | None = None,
     raft_weights: str | os.PathLike | None = None,
+    layout: str | None = None,
 ) -> dict[str, float]:
-    """All video metrics, averaged over the batch. videos: (B, C, F >= 2, H, W) in [-1, 1].
+    """All video metrics, averaged over the batch. videos: (B, C, F >= 2, H, W) in [-1, 1] (or
+    another ``layout``).
 
     Keys: temporal_flickering, subject_consistency, dynamic_degree, flow_magnitude (mean top-5%
     flow, px/frame) and the `temporal_drift` keys.
     """
-    _check_videos(videos)
-    mags = flow_magnitude(videos, raft_weights)
+    videos = as_videos(videos, layout)
+    mags = flow_magnitude(videos, raft_weights, layout="latent")
     feats, probs = _frame_outputs(videos, classifier)
     return {
-        "temporal_flickering": temporal_flickering(videos).mean().item(),
+        "temporal_flickering": temporal_flickering(videos, layout="latent").mean().item(),
         "subject_consistency": subject_consistency(videos, features=feats).mean().item(),
-        "dynamic_degree": dynamic_degree(videos, fps, magnitudes=mags).mean().item(),
+        "dynamic_degree": dynamic_degree(videos, fps, magnitudes=mags, layout="latent").mean().item(),
         "flow_magnitude": mags.mean().item(),
         **_drift(feats, probs, 0.25, reference_features),
     }

@@ -11,12 +11,12 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .causal_wan import CausalWanTransformer3DModel
+    from .causal_wan import CacheForward, CausalWanTransformer3DModel
     from .kv_cache import KVCache
 
-_LAZY = {"CausalWanTransformer3DModel": ".causal_wan", "KVCache": ".kv_cache"}
+_LAZY = {"CacheForward": ".causal_wan", "CausalWanTransformer3DModel": ".causal_wan", "KVCache": ".kv_cache"}
 
-__all__ = ["CausalWanTransformer3DModel", "KVCache"]
+__all__ = ["CacheForward", "CausalWanTransformer3DModel", "KVCache"]
 
 
 def __getattr__(name: str):

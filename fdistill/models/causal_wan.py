@@ -16,6 +16,11 @@ so ``from_pretrained`` loads real Wan2.1 checkpoints. It adds, per forward call:
   that follow (HiAR writes the cache from the re-noised block), and one forward can denoise block
   b + 1 while writing block b (per-frame timesteps, ``cache_write_frames`` = frames of block b).
 
+``forward_batched`` runs several such forwards as one batch: each :class:`CacheForward` has its own
+frames, frame offset, timesteps and cache (HiAR's wavefront runs cells of different blocks, steps
+and cache levels in one slot). ``forward`` is the one-group case of the same body, so every HiAR
+order runs through the same code.
+
 Frames are post-patch temporal positions (latent frames for Wan2.1, whose temporal patch is 1).
 With the defaults (bidirectional, no cache, offset 0, timestep (B,)) the call goes to the parent's
 forward unchanged. Otherwise the model runs its own short loop over the parent's submodules;
@@ -26,6 +31,7 @@ parallelism, first-block cache) do not apply on that path.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,6 +43,8 @@ from diffusers import ModelMixin, WanTransformer3DModel  # noqa: F401
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.utils import apply_lora_scale
+from einops import rearrange
+from torch import Tensor
 
 from fdistill.kernels import block_causal_attention
 
@@ -44,7 +52,23 @@ from .kv_cache import KVCache
 
 AttentionMode = Literal["bidirectional", "block_causal"]
 
-__all__ = ["AttentionMode", "CausalWanSelfAttnProcessor", "CausalWanTransformer3DModel"]
+__all__ = ["AttentionMode", "CacheForward", "CausalWanSelfAttnProcessor", "CausalWanTransformer3DModel"]
+
+
+@dataclass
+class CacheForward:
+    """One group of a batched forward: frames [frame_offset, frame_offset + f) of a video against ``cache``.
+
+    x: (B, C, f, H, W) latents; t: (B,) or (B, f) model timesteps; cache: keys/values of earlier frames
+    (None: no cache); the first ``write_frames`` frames are stored in ``cache`` after the forward
+    (a deferred write of the previous block, or the block itself).
+    """
+
+    x: Tensor
+    t: Tensor
+    frame_offset: int = 0
+    cache: KVCache | None = None
+    write_frames: int = 0
 
 
 @dataclass
@@ -52,17 +76,18 @@ class _SelfAttentionContext:
     """What every self-attention layer needs to know about one forward call."""
 
     mode: AttentionMode
-    q_frames: torch.Tensor  # (L,) frame index of each current token
-    k_frames: torch.Tensor  # (Lc + L,) cached tokens first, then the current ones
+    q_frames: Tensor  # (L,) or (N, L) frame index of each current token
+    k_frames: Tensor  # (Lc + L,) or (N, Lc + L): cached tokens first, then the current ones; < 0: padding
     frames_per_block: int | None
     window: int | None
     backend: str
-    cached: list[tuple[torch.Tensor, torch.Tensor] | None]  # per layer, (B, H, Lc, D) each
+    cached: list[tuple[Tensor, Tensor] | None]  # per layer, (N, H, Lc, D) each
     write_tokens: int  # the first write_tokens current tokens go to the cache (0: none)
-    written: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    key_mask: Tensor | None = None  # bidirectional with padding keys: (1 or N, 1, 1, Lc + L) bool
+    written: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
-def _apply_rotary_emb(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+def _apply_rotary_emb(x: Tensor, freqs_cos: Tensor, freqs_sin: Tensor) -> Tensor:
     """Wan's interleaved RoPE on x: (B, L, H, D); freqs: (1, L, 1, D)."""
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
@@ -86,12 +111,12 @@ class CausalWanSelfAttnProcessor:
     def __call__(
         self,
         attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        rotary_emb: tuple[Tensor, Tensor] | None = None,
         context: _SelfAttentionContext | None = None,
-    ) -> torch.Tensor:
+    ) -> Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("CausalWanSelfAttnProcessor handles self-attention without a mask only")
         if getattr(attn, "fused_projections", False):
@@ -112,7 +137,7 @@ class CausalWanSelfAttnProcessor:
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 
-    def _attend(self, q, k, v, context: _SelfAttentionContext) -> torch.Tensor:
+    def _attend(self, q, k, v, context: _SelfAttentionContext) -> Tensor:
         """q, k, v: (B, H, L, D) current tokens -> (B, L, H, D)."""
         if context.write_tokens:
             # Assignment (not append) keeps gradient-checkpoint recomputation idempotent.
@@ -122,7 +147,7 @@ class CausalWanSelfAttnProcessor:
         if cached is not None:
             k, v = torch.cat([cached[0], k], dim=2), torch.cat([cached[1], v], dim=2)
         if context.mode == "bidirectional":
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=context.key_mask)
         else:
             out = block_causal_attention(
                 q,
@@ -137,25 +162,25 @@ class CausalWanSelfAttnProcessor:
         return out.transpose(1, 2)
 
 
-def _modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+def _modulate(x: Tensor, scale: Tensor, shift: Tensor, tokens_per_frame: int) -> Tensor:
     """x: (B, F*T, C); scale, shift: (B, F, 1, C) per frame -> x * (1 + scale) + shift, frame by frame."""
     return (x.unflatten(1, (-1, tokens_per_frame)) * (1 + scale) + shift).flatten(1, 2)
 
 
-def _gated(x: torch.Tensor, gate: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
+def _gated(x: Tensor, gate: Tensor, tokens_per_frame: int) -> Tensor:
     """x: (B, F*T, C); gate: (B, F, 1, C) per frame -> x * gate, frame by frame."""
     return (x.unflatten(1, (-1, tokens_per_frame)) * gate).flatten(1, 2)
 
 
 def _framewise_block(
     block,
-    hidden_states: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
-    timestep_proj: torch.Tensor,
-    rotary_emb: tuple[torch.Tensor, torch.Tensor],
+    hidden_states: Tensor,
+    encoder_hidden_states: Tensor,
+    timestep_proj: Tensor,
+    rotary_emb: tuple[Tensor, Tensor],
     tokens_per_frame: int,
     context: _SelfAttentionContext,
-) -> torch.Tensor:
+) -> Tensor:
     """``WanTransformerBlock.forward`` with per-frame modulation and the attention context.
 
     hidden_states: (B, F*T, C); timestep_proj: (B, F, 6, C) (F may be 1 to broadcast over frames).
@@ -174,6 +199,21 @@ def _framewise_block(
     norm_x = _modulate(block.norm3(x.float()), c_scale, c_shift, tokens_per_frame).type_as(x)
     ff_out = block.ffn(norm_x)
     return (x.float() + _gated(ff_out.float(), c_gate, tokens_per_frame)).type_as(x)
+
+
+
+
+def _pad_frames(x: Tensor, dim: int, frames: int) -> Tensor:
+    """x repeated along ``dim`` from its last entry up to ``frames`` entries (inputs of a batch share a length)."""
+    extra = frames - x.shape[dim]
+    return x if extra == 0 else torch.cat([x, x.narrow(dim, x.shape[dim] - 1, 1).repeat_interleave(extra, dim)], dim)
+
+
+def _pad_cache(tensor: Tensor | None, like: Tensor, batch: int, length: int) -> Tensor:
+    """(B, H, L, D) cached keys or values zero-padded to ``length`` tokens (None: all padding)."""
+    if tensor is None:
+        return like.new_zeros(batch, like.shape[1], length, like.shape[3])
+    return F.pad(tensor, (0, 0, 0, length - tensor.shape[2]))
 
 
 class CausalWanTransformer3DModel(WanTransformer3DModel):
@@ -195,10 +235,10 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
 
     def forward(
         self,
-        hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_hidden_states_image: torch.Tensor | None = None,
+        hidden_states: Tensor,
+        timestep: Tensor,
+        encoder_hidden_states: Tensor,
+        encoder_hidden_states_image: Tensor | None = None,
         return_dict: bool = True,
         attention_kwargs: dict[str, Any] | None = None,
         *,
@@ -210,7 +250,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         update_cache: bool = False,
         cache_write_frames: int | None = None,
         attention_backend: str = "auto",
-    ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
+    ) -> Transformer2DModelOutput | tuple[Tensor]:
         """Predict the flow/noise of ``hidden_states``, optionally block-causally with a KV cache.
 
         Args:
@@ -250,106 +290,129 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
                 return_dict=return_dict,
                 attention_kwargs=attention_kwargs,
             )
-        return self._causal_forward(
-            hidden_states,
-            timestep,
+        frames = hidden_states.shape[2] // self.config.patch_size[0]
+        write_frames = (frames if cache_write_frames is None else cache_write_frames) if update_cache else 0
+        (output,) = self._forward_groups(
+            [CacheForward(hidden_states, timestep, frame_offset, kv_cache, write_frames)],
             encoder_hidden_states,
             encoder_hidden_states_image,
-            return_dict=return_dict,
             attention_kwargs=attention_kwargs,
-            frame_offset=frame_offset,
             attention=attention,
             frames_per_block=frames_per_block,
             window=window,
-            kv_cache=kv_cache,
-            update_cache=update_cache,
-            cache_write_frames=cache_write_frames,
+            attention_backend=attention_backend,
+        )
+        return Transformer2DModelOutput(sample=output) if return_dict else (output,)
+
+    def forward_batched(
+        self,
+        forwards: Sequence[CacheForward],
+        encoder_hidden_states: Tensor,
+        *,
+        frames_per_block: int,
+        window: int | None = None,
+        attention_backend: str = "auto",
+    ) -> list[Tensor]:
+        """Several block-causal cache forwards (different frames, timesteps and caches) as one batch.
+
+        The forwards are concatenated along the batch with per-sample frame indices (the kernel's
+        (B, L) frames), per-sample RoPE positions and per-sample caches padded to a common length
+        (padding keys get frame −1 and are never attended). Inputs shorter than the longest are
+        padded at the end with tokens that see their own sample's keys but are seen by nobody. The
+        result equals the separate ``forward`` calls up to float rounding, and each forward's
+        ``write_frames`` are stored in its cache.
+
+        Args:
+            forwards: the groups, each (B, C, f_i, H, W) with the same B, H, W.
+            encoder_hidden_states: (B, S, text_dim), the condition of every group.
+
+        Returns:
+            per forward, the model output for its own frames (B, C_out, f_i, H, W).
+        """
+        return self._forward_groups(
+            forwards,
+            encoder_hidden_states.repeat(len(forwards), 1, 1),
+            None,
+            attention_kwargs=None,
+            attention="block_causal",
+            frames_per_block=frames_per_block,
+            window=window,
             attention_backend=attention_backend,
         )
 
     @apply_lora_scale("attention_kwargs")
-    def _causal_forward(
+    def _forward_groups(
         self,
-        hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_hidden_states_image: torch.Tensor | None,
+        forwards: Sequence[CacheForward],
+        encoder_hidden_states: Tensor,
+        encoder_hidden_states_image: Tensor | None,
         *,
-        return_dict: bool,
         attention_kwargs: dict[str, Any] | None,
-        frame_offset: int,
         attention: AttentionMode,
         frames_per_block: int | None,
         window: int | None,
-        kv_cache: KVCache | None,
-        update_cache: bool,
-        cache_write_frames: int | None,
         attention_backend: str,
-    ):
-        batch, _, num_frames, height, width = hidden_states.shape
+    ) -> list[Tensor]:
+        """The forward body: ``forwards`` stacked along the batch (G groups of B samples, N = G·B).
+
+        encoder_hidden_states: (N, S, text_dim). Returns per group (B, C_out, f_i, H, W).
+        """
+        batch, _, _, height, width = forwards[0].x.shape
         p_t, p_h, p_w = self.config.patch_size
-        frames, rows, cols = num_frames // p_t, height // p_h, width // p_w
-        tokens_per_frame = rows * cols
+        rows, cols = height // p_h, width // p_w
+        tokens = rows * cols
+        sizes = [fw.x.shape[2] // p_t for fw in forwards]
+        f_max = max(sizes)
+        for fw, size in zip(forwards, sizes, strict=True):
+            if fw.x.shape[0] != batch or fw.x.shape[3:] != (height, width):
+                raise ValueError(f"batched forwards need one (B, H, W); got {tuple(fw.x.shape)} and "
+                                 f"{tuple(forwards[0].x.shape)}")
+            if fw.t.shape not in ((batch,), (batch, size)):
+                raise ValueError(f"timestep must be (B,) or (B, F) = ({batch}, {size}); got {tuple(fw.t.shape)}")
+            if not 0 <= fw.write_frames <= size:
+                raise ValueError(f"cache_write_frames={fw.write_frames} outside [0, {size}]")
+        if len(forwards) > 1 and p_t != 1:
+            raise ValueError(f"batched forwards need a temporal patch of 1, got patch_size={self.config.patch_size}")
 
-        rotary_emb = self._rotary_emb(frames, rows, cols, frame_offset)
-        x = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        if len(forwards) == 1:  # (B,) timesteps stay one per sample, broadcast over the frames
+            x, t = forwards[0].x, forwards[0].t if forwards[0].t.ndim == 2 else forwards[0].t[:, None]
+        else:
+            x = torch.cat([_pad_frames(fw.x, 2, f_max) for fw in forwards])
+            t = torch.cat([_pad_frames(fw.t if fw.t.ndim == 2 else fw.t[:, None].expand(-1, size), 1, f_max)
+                           for fw, size in zip(forwards, sizes, strict=True)])
+        context, rotary_emb = self._attention_context(forwards, sizes, rows, cols, attention, frames_per_block,
+                                                      window, attention_backend, x.device)
 
-        per_frame_t = timestep if timestep.ndim == 2 else timestep[:, None]
-        if per_frame_t.shape not in ((batch, 1), (batch, frames)):
-            raise ValueError(f"timestep must be (B,) or (B, F) = ({batch}, {frames}); got {tuple(timestep.shape)}")
-        temb, timestep_proj, context, context_img = self.condition_embedder(
-            per_frame_t.flatten(),
-            encoder_hidden_states,
-            encoder_hidden_states_image,
-            timestep_seq_len=per_frame_t.shape[1],
+        hidden = rearrange(self.patch_embedding(x), "n c f h w -> n (f h w) c").contiguous()
+        temb, timestep_proj, text, text_image = self.condition_embedder(
+            t.flatten(), encoder_hidden_states, encoder_hidden_states_image, timestep_seq_len=t.shape[1]
         )
-        timestep_proj = timestep_proj.unflatten(2, (6, -1))  # (B, F or 1, 6, C)
-        if context_img is not None:
-            context = torch.cat([context_img, context], dim=1)
-
-        write_frames = (frames if cache_write_frames is None else cache_write_frames) if update_cache else 0
-        if not 0 <= write_frames <= frames:
-            raise ValueError(f"cache_write_frames={cache_write_frames} outside [0, {frames}]")
-        attn_context = self._attention_context(
-            attention,
-            frame_offset,
-            frames,
-            tokens_per_frame,
-            frames_per_block,
-            window,
-            kv_cache,
-            write_frames * tokens_per_frame,
-            attention_backend,
-            x.device,
-        )
-
+        timestep_proj = timestep_proj.unflatten(2, (6, -1))  # (N, F or 1, 6, C)
+        if text_image is not None:
+            text = torch.cat([text_image, text], dim=1)
         for block in self.blocks:
-            args = (block, x, context, timestep_proj, rotary_emb, tokens_per_frame, attn_context)
+            args = (block, hidden, text, timestep_proj, rotary_emb, tokens, context)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(_framewise_block, *args)
+                hidden = self._gradient_checkpointing_func(_framewise_block, *args)
             else:
-                x = _framewise_block(*args)
+                hidden = _framewise_block(*args)
 
-        if write_frames:
-            layers = range(len(self.blocks))
-            kv_cache.update(
-                [attn_context.written[i][0] for i in layers],
-                [attn_context.written[i][1] for i in layers],
-                attn_context.q_frames[: write_frames * tokens_per_frame],
-            )
+        for i, fw in enumerate(forwards):
+            if fw.write_frames:
+                group, n = slice(i * batch, (i + 1) * batch), fw.write_frames * tokens
+                written = [context.written[layer] for layer in range(len(self.blocks))]
+                own_frames = torch.arange(fw.frame_offset, fw.frame_offset + fw.write_frames, device=x.device)
+                fw.cache.update([k[group, :, :n] for k, _ in written], [v[group, :, :n] for _, v in written],
+                                own_frames.repeat_interleave(tokens))
 
         table = self.scale_shift_table.unsqueeze(0).to(temb.device)  # (1, 1, 2, C)
-        shift, scale = (table + temb.unsqueeze(2)).unsqueeze(3).unbind(2)  # (B, F or 1, 1, C) each
-        norm_x = _modulate(self.norm_out(x.float()), scale.to(x.device), shift.to(x.device), tokens_per_frame)
-        x = self.proj_out(norm_x.type_as(x))
+        shift, scale = (table + temb.unsqueeze(2)).unsqueeze(3).unbind(2)  # (N, F or 1, 1, C) each
+        norm = _modulate(self.norm_out(hidden.float()), scale.to(hidden.device), shift.to(hidden.device), tokens)
+        out = rearrange(self.proj_out(norm.type_as(hidden)), "n (f h w) (pf ph pw c) -> n c (f pf) (h ph) (w pw)",
+                        f=f_max, h=rows, w=cols, pf=p_t, ph=p_h, pw=p_w)
+        return [out[i * batch : (i + 1) * batch, :, : size * p_t] for i, size in enumerate(sizes)]
 
-        x = x.reshape(batch, frames, rows, cols, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        output = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
-        if not return_dict:
-            return (output,)
-        return Transformer2DModelOutput(sample=output)
-
-    def _rotary_emb(self, frames: int, rows: int, cols: int, frame_offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary_emb(self, frames: int, rows: int, cols: int, frame_offset: int) -> tuple[Tensor, Tensor]:
         """Wan's 3-D RoPE tables for frames frame_offset.., as (1, F*rows*cols, 1, head_dim) cos and sin."""
         rope = self.rope
         if frame_offset < 0 or frame_offset + frames > rope.max_seq_len:
@@ -374,29 +437,61 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
 
     def _attention_context(
         self,
+        forwards: Sequence[CacheForward],
+        sizes: Sequence[int],
+        rows: int,
+        cols: int,
         mode: AttentionMode,
-        frame_offset: int,
-        frames: int,
-        tokens_per_frame: int,
         frames_per_block: int | None,
         window: int | None,
-        kv_cache: KVCache | None,
-        write_tokens: int,
         backend: str,
         device: torch.device,
-    ) -> _SelfAttentionContext:
-        q_frames = torch.arange(frame_offset, frame_offset + frames, device=device)
-        q_frames = q_frames.repeat_interleave(tokens_per_frame)
-        cached: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.blocks)
-        k_frames = q_frames
-        if kv_cache is not None and kv_cache.frames is not None:
-            # The input supersedes cached copies of its own frames.
-            keep = (kv_cache.frames < frame_offset) | (kv_cache.frames >= frame_offset + frames)
-            select = None if bool(keep.all()) else keep
-            for i, (k, v) in enumerate(zip(kv_cache.keys, kv_cache.values, strict=True)):
-                cached[i] = (k, v) if select is None else (k[:, :, select], v[:, :, select])
-            k_frames = torch.cat([kv_cache.frames if select is None else kv_cache.frames[select], q_frames])
-        return _SelfAttentionContext(
+    ) -> tuple[_SelfAttentionContext, tuple[Tensor, Tensor]]:
+        """Frame indices, cached keys/values and RoPE tables of the groups, padded to common lengths.
+
+        One group keeps (L,) frames and its cache tensors as they are; several get (N, L) frames and
+        caches zero-padded to the longest (padding keys have frame −1). Cached copies of a group's
+        input frames get frame −1 too: the input supersedes them.
+        """
+        batch, tokens, f_max, groups = forwards[0].x.shape[0], rows * cols, max(sizes), len(forwards)
+        q_frames, k_current, cos, sin = [], [], [], []
+        for fw, size in zip(forwards, sizes, strict=True):
+            own = torch.arange(fw.frame_offset, fw.frame_offset + size, device=device)
+            q_frames.append(_pad_frames(own, 0, f_max).repeat_interleave(tokens))
+            k_current.append(F.pad(own, (0, f_max - size), value=-1).repeat_interleave(tokens))
+            table_cos, table_sin = self._rotary_emb(size, rows, cols, fw.frame_offset)
+            cos.append(_pad_frames(table_cos.unflatten(1, (size, tokens)), 1, f_max).flatten(1, 2))
+            sin.append(_pad_frames(table_sin.unflatten(1, (size, tokens)), 1, f_max).flatten(1, 2))
+
+        lengths = [0 if fw.cache is None else len(fw.cache) for fw in forwards]
+        c_max = max(lengths)
+        k_cached = []
+        for fw, size, length in zip(forwards, sizes, lengths, strict=True):
+            frames = fw.cache.frames.to(device) if length else torch.empty(0, dtype=torch.long, device=device)
+            superseded = (frames >= fw.frame_offset) & (frames < fw.frame_offset + size)
+            k_cached.append(F.pad(frames.masked_fill(superseded, -1), (0, c_max - length), value=-1))
+        cached: list[tuple[Tensor, Tensor] | None] = [None] * len(self.blocks)
+        if c_max:
+            like = next(fw.cache for fw, length in zip(forwards, lengths, strict=True) if length)
+            for layer in range(len(self.blocks)):
+                cached[layer] = tuple(
+                    torch.cat([_pad_cache(getattr(fw.cache, store)[layer] if length else None,
+                                          getattr(like, store)[layer], batch, c_max)
+                               for fw, length in zip(forwards, lengths, strict=True)])
+                    if groups > 1 else getattr(like, store)[layer]
+                    for store in ("keys", "values")
+                )
+
+        k_frames = [torch.cat([c, kc]) for c, kc in zip(k_cached, k_current, strict=True)]
+        if groups == 1:  # one layout for the whole batch: (L,) frames, (1, L, 1, D) RoPE
+            q_frames, k_frames, cos, sin = q_frames[0], k_frames[0], cos[0], sin[0]
+        else:  # per sample: (N, L) frames, (N, L, 1, D) RoPE
+            q_frames, k_frames = (torch.stack(f).repeat_interleave(batch, 0) for f in (q_frames, k_frames))
+            cos, sin = (torch.cat(table).repeat_interleave(batch, 0) for table in (cos, sin))
+        key_mask = None
+        if mode == "bidirectional" and (c_max or groups > 1):
+            key_mask = rearrange(k_frames >= 0, "... l -> ... 1 1 l")
+        context = _SelfAttentionContext(
             mode=mode,
             q_frames=q_frames,
             k_frames=k_frames,
@@ -404,5 +499,7 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
             window=window,
             backend=backend,
             cached=cached,
-            write_tokens=write_tokens,
+            write_tokens=max(fw.write_frames for fw in forwards) * tokens,
+            key_mask=key_mask,
         )
+        return context, (cos, sin)

@@ -1,0 +1,163 @@
+"""Every shell command and Python snippet of README.md, as the suite runs them (tests/test_readme.py).
+
+What counts as a command:
+- each line of a fenced ```bash / ```sh / ```shell block (comments stripped, ``\\`` continuations joined);
+- each fenced ```python block, as one snippet;
+- each inline code span that starts with ``python scripts/``, ``fdistill ``, ``make ``, ``torchrun `` or
+  ``scripts/`` and ends in ``.sh …`` (a command quoted in prose).
+The same command quoted twice runs once, where it first appears.
+
+Commands run in the README's order in one scratch copy of the checkout (Makefile, pyproject.toml,
+configs/, scripts/), so a command may use what an earlier one wrote (``outputs/demo/pipeline``) and
+nothing is written into the real checkout's outputs/, runs/, reports/ or fdistill/assets/.
+
+Long commands run as printed with size-reducing arguments appended (``APPENDED``): argparse flags and
+fdistill's dotted config overrides both let the last value win, so the printed command's own flags
+are still parsed and checked. ``SKIPPED`` lists the commands that cannot run inside the suite, each
+with the reason. An entry that matches no README command fails the suite, so the lists cannot go stale.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+SHELL_LANGS = {"bash", "sh", "shell", "console"}
+INLINE_PREFIXES = ("python scripts/", "fdistill ", "make ", "torchrun ")
+
+# printed command → arguments appended to it (fewer steps, samples, repeats; the CPU for --device cuda)
+APPENDED: dict[str, str] = {
+    "make demo": "DEMO_ARGS='--num-samples 200 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
+    "fdistill train-teacher --config configs/digits_teacher.yaml --resume latest":
+        "steps=2 batch_size=8 checkpoint_every=1 output_dir=runs/digits_teacher_cli",
+    "scripts/train_teachers.sh digits": "steps=2 batch_size=8 checkpoint_every=1 -- --num-samples 20 --steps 2",
+    "fdistill distill --config configs/digits_js.yaml objective.divergence=forward_kl steps=400 --resume latest":
+        "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
+    "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100",
+    "torchrun --standalone --nproc_per_node 2 -m fdistill.cli distill --config configs/digits_js.yaml":
+        "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 "
+        "output_dir=outputs/digits_js_torchrun",
+    "python scripts/eval_hiar_teacher.py": "--num-samples 4 --num-frames 4 --threads 1",
+    "python scripts/digits_divergences.py --steps 200 --num-samples 1000 --threads 1 num_threads=1":
+        "warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 --steps 1 --num-samples 100 "
+        "--teacher-steps 2 "
+        "--divergences reverse_kl",
+    "python scripts/gmm_divergences.py": "--quick --out reports/gmm_quick --divergences reverse_kl,forward_kl "
+                                         "--no-diagnostics",
+    "python scripts/bench_train_step.py --repeats 3 --steps 10 --threads 1":
+        "--repeats 1 --steps 3 --batch-size 4 --divergences reverse_kl jensen_shannon",
+    "python scripts/bench_hiar.py": "--repeats 1 --quick",
+    "python scripts/bench_hiar.py --device cuda --model medium --repeats 3": "--device cpu --model small --repeats 1 --quick",
+    "python scripts/bench_attention.py --device cuda --repeats 5 --frames 6 12 24 --tokens-per-frame 256":
+        "--device cpu --repeats 1 --frames 2 --heads 2 --head-dim 16 --tokens-per-frame 8 --frames-per-block 1 "
+        "--window 2",
+    "python scripts/bench_attention.py --device cpu --threads 1 --repeats 5 --frames 6 12 --heads 4 --head-dim 32 "
+    "--output reports/attention_bench_cpu.json":
+        "--repeats 1 --frames 2 --heads 2 --head-dim 16 --tokens-per-frame 8 --frames-per-block 1 --window 2",
+    "python scripts/bench_attention.py --device cuda --output reports/attention_bench_h100_triton.json":
+        "--device cpu --smoke",
+    "scripts/train_teachers.sh moving_digits":
+        "steps=1 batch_size=2 checkpoint_every=1 num_threads=1 -- --num-samples 10 --steps 2 --threads 1",
+    "fdistill train-teacher --config configs/moving_digits_teacher.yaml":
+        "steps=1 batch_size=2 checkpoint_every=1 num_threads=1",
+    "python scripts/eval_teacher.py moving_digits --run runs/moving_digits_teacher --export":
+        "--num-samples 10 --steps 2 --threads 1",
+}
+
+# printed command → why the suite does not run it
+SKIPPED: dict[str, str] = {
+    "make test": "it is this suite",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One README command: ``kind`` "shell" or "python", the ``text`` as printed, its README ``line``."""
+
+    kind: str
+    text: str
+    line: int
+
+
+FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
+INLINE = re.compile(r"`([^`]+)`")
+
+
+def _shell_lines(block: list[str]) -> list[tuple[int, str]]:
+    """(offset, command) per logical line of a shell block: comments dropped, continuations joined."""
+    out, pending, start = [], "", 0
+    for i, raw in enumerate(block):
+        line = raw.rstrip()
+        if not pending:
+            start = i
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = (pending + line).strip()
+        pending = ""
+        words = shlex.split(text, comments=True)
+        if words:
+            out.append((start, shlex.join(words)))
+    return out
+
+
+def _is_inline_command(span: str) -> bool:
+    if span.startswith(INLINE_PREFIXES):
+        return True
+    first = span.split()[0] if span.split() else ""
+    return first.startswith("scripts/") and first.endswith(".sh")
+
+
+def _inline_commands(lines: list[str], first_line: int) -> list[Command]:
+    """Commands quoted in prose; a code span may wrap onto the next line."""
+    text = "\n".join(lines)
+    out = []
+    for m in INLINE.finditer(text):
+        span = " ".join(m.group(1).split())
+        if span and _is_inline_command(span):
+            line = first_line + text.count("\n", 0, m.start())
+            out.append(Command("shell", shlex.join(shlex.split(span, comments=True)), line))
+    return out
+
+
+def readme_commands(readme: Path) -> list[Command]:
+    """The README's commands in order of first appearance (duplicates dropped)."""
+    lines = readme.read_text().splitlines()
+    commands: list[Command] = []
+    prose_start, i = 0, 0
+    while i <= len(lines):
+        fence = FENCE.match(lines[i]) if i < len(lines) else None
+        if fence or i == len(lines):
+            commands += _inline_commands(lines[prose_start:i], prose_start + 1)
+        if i == len(lines):
+            break
+        if fence:
+            lang, body_start = fence.group(2).lower(), i + 1
+            j = body_start
+            while j < len(lines) and not FENCE.match(lines[j]):
+                j += 1
+            block = lines[body_start:j]
+            if lang in SHELL_LANGS:
+                commands += [Command("shell", text, body_start + k + 1) for k, text in _shell_lines(block)]
+            elif lang == "python":
+                commands.append(Command("python", "\n".join(block) + "\n", body_start + 1))
+            i = prose_start = j + 1
+            continue
+        i += 1
+    seen: set[str] = set()
+    unique = []
+    for c in commands:
+        if c.text not in seen:
+            seen.add(c.text)
+            unique.append(c)
+    return unique
+
+
+def as_run(command: Command) -> str | None:
+    """The shell text the suite runs for a shell command (None: skipped)."""
+    if command.text in SKIPPED:
+        return None
+    extra = APPENDED.get(command.text)
+    return command.text if extra is None else f"{command.text} {extra}"
