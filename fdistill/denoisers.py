@@ -96,18 +96,31 @@ class Denoiser(nn.Module):
                           **kwargs)
 
     def forward(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None,
-                guidance_scale: float | None = None, **kwargs) -> Tensor:
-        """x̂0(x_t, t, condition) with classifier-free guidance weight ``guidance_scale``."""
+                guidance_scale: float | None = None, features: bool = False,
+                **kwargs) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """x̂0(x_t, t, condition) with classifier-free guidance weight ``guidance_scale``.
+
+        ``features=True`` also returns the tapped ``feature_modules`` outputs of the conditional
+        branch of this same forward (one network evaluation for x̂0 and a discriminator's features).
+        """
         w = self.guidance_scale if guidance_scale is None else guidance_scale
         t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
+        self._features.clear()
         if w == 1.0 or condition is None:
-            return self.schedule.to_x0(self.raw(x_t, t, condition, **kwargs), x_t, t)
-        cond = torch.cat([self._null_like(condition), condition])
-        x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
-        x0_uncond, x0_cond = self.schedule.to_x0(self.raw(x2, t2, cond, **kwargs), x2, t2).chunk(2)
-        return x0_uncond + w * (x0_cond - x0_uncond)
+            x0 = self.schedule.to_x0(self.raw(x_t, t, condition, **kwargs), x_t, t)
+        else:
+            cond = torch.cat([self._null_like(condition), condition])
+            x2, t2 = torch.cat([x_t, x_t]), torch.cat([t, t])
+            x0_uncond, x0_cond = self.schedule.to_x0(self.raw(x2, t2, cond, **kwargs), x2, t2).chunk(2)
+            x0 = x0_uncond + w * (x0_cond - x0_uncond)
+        if not features:
+            return x0
+        if not self.feature_modules:
+            raise ValueError("this Denoiser taps no features: pass feature_modules=[...]")
+        b = x_t.shape[0]
+        return x0, [self._features[n][-b:] for n in self.feature_modules]  # the conditional half under CFG
 
     def features(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None, **kwargs) -> list[Tensor]:
         """Outputs of ``feature_modules`` for one conditional forward at (x_t, t)."""

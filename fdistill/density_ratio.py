@@ -18,10 +18,11 @@ def _distributed() -> bool:
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum a tensor over all ranks (identity in a single process)."""
+    """Sum a statistic (not a gradient: those are accelerate's) over all ranks; identity in one process."""
     if _distributed():
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        from accelerate.utils import reduce
+
+        x = reduce(x.clone(), "sum")
     return x
 
 
@@ -61,11 +62,10 @@ class RatioNormalizer(nn.Module):
         stats[0].index_add_(0, b, r.to(stats))
         stats[1].index_add_(0, b, torch.ones_like(r, dtype=stats.dtype))
         stats = all_reduce_sum(stats)
-        hit = stats[1] > 0
-        mean = stats[0][hit] / stats[1][hit]
-        old = self.ema[hit]
-        first = ~self.seen[hit]
-        self.ema[hit] = torch.where(first, mean, self.decay * old + (1 - self.decay) * mean)
+        hit = stats[1] > 0  # masks, not boolean indexing: no host sync
+        mean = stats[0] / stats[1].clamp_min(1)
+        new = torch.where(self.seen, self.decay * self.ema + (1 - self.decay) * mean, mean)
+        self.ema.copy_(torch.where(hit, new, self.ema))
         self.seen |= hit
 
     def forward(self, r: Tensor, t_fraction: Tensor, update: bool = True) -> Tensor:

@@ -31,6 +31,13 @@ class FDivergence:
     def __call__(self, r: Tensor) -> Tensor:
         return self.h(r)
 
+    @property
+    def constant_h(self) -> bool:
+        """h does not depend on r (reverse-KL, α = 0): such a divergence needs no density ratio."""
+        r = torch.tensor([0.1, 0.5, 1.0, 2.0, 10.0])
+        h = self.h(r)
+        return bool(torch.allclose(h, h[2].expand_as(h)))
+
 
 def _log(r: Tensor) -> Tensor:
     return torch.log(r)

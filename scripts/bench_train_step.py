@@ -49,7 +49,7 @@ def main() -> None:
             for div in args.divergences:
                 out = Path(tmp) / f"{div}_{rep}"
                 cfg = load_config(DistillConfig, ROOT / "configs/digits_js.yaml", [
-                    f"objective.divergence={div}", "warmup.steps=0", f"steps={args.steps}",
+                    f"objective.divergence={div}", "warmup.steps=0", "critic_warmup_steps=0", f"steps={args.steps}",
                     f"batch_size={args.batch_size}", "log_every=1", f"mixed_precision={args.mixed_precision}", f"checkpoint_every={args.steps}",
                     "export=false", f"output_dir={out}"])
                 distill(cfg)

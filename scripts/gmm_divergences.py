@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fdistill.toy import GaussianMixture, distill_gmm, warm_start
+from fdistill.training.toy import GaussianMixture, distill_gmm, warm_start
 
 DIVERGENCES = ["reverse_kl", "softened_reverse_kl", "jensen_shannon", "squared_hellinger", "forward_kl",
                "jeffreys", "neyman_chi2", "alpha:1.5"]

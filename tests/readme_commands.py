@@ -29,18 +29,20 @@ INLINE_PREFIXES = ("python scripts/", "fdistill ", "make ", "torchrun ")
 
 # printed command → arguments appended to it (fewer steps, samples, repeats; the CPU for --device cuda)
 APPENDED: dict[str, str] = {
-    "make demo": "DEMO_ARGS='--num-samples 200 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2'",
+    "make demo": "DEMO_ARGS='--num-samples 200 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
     "fdistill train-teacher --config configs/digits_teacher.yaml --resume latest":
         "steps=2 batch_size=8 checkpoint_every=1 output_dir=runs/digits_teacher_cli",
     "scripts/train_teachers.sh digits": "steps=2 batch_size=8 checkpoint_every=1 -- --num-samples 20 --steps 2",
     "fdistill distill --config configs/digits_js.yaml objective.divergence=forward_kl steps=400 --resume latest":
-        "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2",
+        "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
     "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100",
     "torchrun --standalone --nproc_per_node 2 -m fdistill.cli distill --config configs/digits_js.yaml":
-        "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 output_dir=outputs/digits_js_torchrun",
+        "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 "
+        "output_dir=outputs/digits_js_torchrun",
     "python scripts/eval_hiar_teacher.py": "--num-samples 4 --num-frames 4 --threads 1",
     "python scripts/digits_divergences.py --steps 200 --num-samples 1000 --threads 1 num_threads=1":
-        "warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 --steps 1 --num-samples 100 --teacher-steps 2 "
+        "warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 --steps 1 --num-samples 100 "
+        "--teacher-steps 2 "
         "--divergences reverse_kl",
     "python scripts/gmm_divergences.py": "--quick --out reports/gmm_quick --divergences reverse_kl,forward_kl "
                                          "--no-diagnostics",

@@ -232,3 +232,16 @@ def test_moving_digits_batches_are_the_same_prerendered_or_on_demand(monkeypatch
         a = prerendered(8, torch.Generator().manual_seed(seed))
         b = on_demand(8, torch.Generator().manual_seed(seed))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_gradient_accumulation_splits_the_same_global_batch(tmp_path):
+    """2 micro-batches of 4 take the same samples as one batch of 8, so the weights agree to rounding."""
+    whole = train_teacher(digits_config(tmp_path / "whole", steps=2, checkpoint_every=2))
+    split = train_teacher(digits_config(tmp_path / "split", steps=2, checkpoint_every=2,
+                                        gradient_accumulation_steps=2))
+    a = load_file(whole / "checkpoint-2" / "net.safetensors")
+    b = load_file(split / "checkpoint-2" / "net.safetensors")
+    for k in (k for k in a if not k.endswith("to_k.bias")):  # key biases: exact gradient 0, Adam steps ±lr on noise
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ConfigError, match="batch_size 8 .* does not split into gradient_accumulation_steps=3"):
+        digits_config(tmp_path / "odd", steps=1, gradient_accumulation_steps=3)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fdistill.toy import GaussianMixture, OracleDiscriminator, distill_gmm, log_kde, mode_metrics, warm_start
+from fdistill.training.toy import GaussianMixture, OracleDiscriminator, distill_gmm, log_kde, mode_metrics, warm_start
 
 TINY = dict(warmup_steps=300, fake_warmup_steps=10, batch_size=128, ode_pairs=1024, ode_steps=16, eval_samples=1000,
             critic_steps=1, width=32, disc_width=32, eval_every=5, check_samples=1024)

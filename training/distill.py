@@ -3,21 +3,20 @@
 Phases, one global step counter:
 1. ``warmup.steps`` steps of regression on teacher probability-flow-ODE pairs (z → teacher sample),
    the DMD/CausVid initialisation (0 to skip).
-2. ``steps`` f-distill iterations: ``critic_steps`` updates of the fake score + discriminator head,
+2. ``critic_warmup_steps`` steps of critic updates only (the discriminator leaves chance first).
+3. ``steps`` f-distill iterations: ``critic_steps`` updates of the fake score + discriminator head,
    then one generator update (:class:`~fdistill.objective.FDistillObjective`).
 
-Multi-process runs (``accelerate launch`` / ``torchrun``) average gradients by an explicit
-all-reduce instead of DDP wrappers: the critic uses the fake network in two roles and R1 needs a
-double backward, neither of which DDP supports. The ratio normaliser and the h normalisation
-all-reduce their statistics, so every rank weights samples identically.
+The loop is :func:`fdistill.training.trainer.train` (accelerate: one process, DDP or FSDP); this
+file is the method. The ratio normaliser and the h normalisation all-reduce their statistics, so
+every rank weights samples as one process would with the whole batch.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,14 +26,13 @@ from fdistill.models.discriminator import FeatureDiscriminator
 from fdistill.objective import FDistillObjective
 from fdistill.schedules import NoiseSchedule
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint, truncate_metrics
-from .config import load_config, save_config
-from .distill_config import DataSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
-from .distributed import assert_replicas_agree, make_accelerator, sync_gradients
+from .config import load_config
+from .distill_config import DataSpec, DiscriminatorSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
 from .sources import RealData, Teacher, load_teacher_for, ode_pairs
+from .trainer import Draw, Method, Update, train
 
-__all__ = ["DataSpec", "DistillConfig", "OneStepGenerator", "OptimSpec", "TeacherSpec", "WarmupSpec", "distill",
-           "distill_from_cli", "export_student"]
+__all__ = ["DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator", "OptimSpec",
+           "TeacherSpec", "WarmupSpec", "distill", "distill_from_cli", "export_student"]
 
 
 class OneStepGenerator(nn.Module):
@@ -50,177 +48,127 @@ class OneStepGenerator(nn.Module):
         return self.denoiser(s.prior(z), t, condition, guidance_scale=1.0)
 
 
-def _generator(seed: int, step: int, micro: int, rank: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank) * 7) + stream)
+class FDistill(Method):
+    """f-distill (Xu, Nie, Vahdat 2025) on the shared loop.
 
+    Per step: ``critic_steps`` critic updates — the fake score learns the student's distribution
+    (denoising on sg(G(z))) and the discriminator head learns real vs student at noise level t —
+    then one generator update with the objective's L_G, whose distribution-matching gradient is
+    weighted per sample by h(r) of the divergence (reverse-KL: h ≡ 1, DMD/DMD2). Before them, an
+    optional ODE warm-up (regression on teacher pairs) and a critic warm-up (critic updates only).
+    """
 
+    def __init__(self, config: DistillConfig, device: torch.device):
+        self.config = c = config
+        obj_cfg = c.objective
+        self.teacher = teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data.prompts)
+        self.schedule = teacher.denoiser.schedule
+        den_t = teacher.denoiser
+        tap_fake = c.teacher.feature_source == "fake"
+        student = OneStepGenerator(Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule,
+                                            den_t.condition_key), self.schedule.t_max).to(device)
+        fake = Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule, den_t.condition_key,
+                        feature_modules=c.teacher.feature_modules if tap_fake else ()).to(device)
+        self.disc = None
+        self.modules = {"student": student, "fake_score": fake}
+        critic_groups = [{"params": list(fake.parameters()), "lr": c.optim.lr_critic}]
+        if obj_cfg.needs_discriminator:
+            probe_g = torch.Generator().manual_seed(c.seed)
+            probe = torch.randn(2, *teacher.sample_shape, generator=probe_g).to(device)
+            self.disc = FeatureDiscriminator.build(
+                fake if tap_fake else den_t, probe, torch.full((2,), self.schedule.t_max, device=device),
+                teacher.conditions(2, probe_g), hidden=c.discriminator.hidden, kind=c.discriminator.head).to(device)
+            self.modules["discriminator_head"] = self.disc.head
+            critic_groups.append({"params": list(self.disc.head.parameters()), "lr": c.optim.lr_head})
+        betas = (c.optim.beta1, c.optim.beta2)
+        self.optimizers = {
+            "warmup": torch.optim.Adam(student.parameters(), lr=c.warmup.lr),
+            "critic": torch.optim.Adam(critic_groups, betas=betas),
+            "generator": torch.optim.Adam(student.parameters(), lr=c.optim.lr_generator, betas=betas),
+        }
+        self.ema = {"ema": "student"}
+        self.real = RealData(c, teacher, device) if self.disc is not None else None
+        self.device, self.pairs, self.total_steps = device, None, c.total_steps
 
-def _check_finite(loss: Tensor, what: str, step: int, logs: dict, out: Path) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"non-finite {what} loss at step {step} ({logs}); the checkpoints in {out} "
-                                 "are intact: lower the learning rates and --resume")
+    def prepared(self) -> None:
+        m, c = self.modules, self.config
+        if self.disc is not None:
+            self.disc.head = m["discriminator_head"]
+        self.objective = FDistillObjective(self.schedule, self.teacher.denoiser, m["fake_score"], self.disc,
+                                           c.objective, features_from=c.teacher.feature_source)
+        self.objective.ratio_normalizer.to(self.device)
+        self.states = {"ratio_normalizer": self.objective.ratio_normalizer}
 
+    def start(self, step: int, output_dir: Path, is_main: bool) -> None:
+        if step < self.config.warmup.steps:
+            self.pairs = ode_pairs(self.teacher, self.config.warmup, self.config.seed, self.device,
+                                   output_dir / "ode_pairs.safetensors" if is_main else None)
 
-def _tensorboard_writer(path: Path):
-    """A SummaryWriter when the ``tensorboard`` extra is installed, else None (JSONL is always written)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(path))
+    def phase(self, step: int) -> str:
+        w = self.config.warmup.steps
+        return "warmup" if step < w else "critic_warmup" if step < w + self.config.critic_warmup_steps else "distill"
 
+    def _latents(self, draw: Draw) -> tuple[Tensor, Tensor]:
+        c = draw(self.teacher.conditions)
+        return draw.randn(*self.teacher.sample_shape), c
 
-def _mean_logs(window: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for w in window for k in w}
-    return {k: sum(w[k] for w in window if k in w) / sum(k in w for w in window) for k in sorted(keys)}
+    def _noise(self, draw: Draw) -> tuple[Tensor, Tensor]:
+        return draw(lambda n, g: self.objective.noise(n, self.teacher.sample_shape, g))
+
+    def ode_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        """Regression of G(z) on the teacher's ODE solution from z (DMD's initialisation)."""
+        z, c, x = self.pairs
+        i = draw(lambda n, g: torch.randint(z.shape[0], (n,), generator=g), self.config.warmup.batch_size)
+        loss = (self.modules["student"](z[i], c[i]).float() - x[i]).pow(2).mean()
+        return loss, {"ode_mse": loss.detach()}
+
+    def critic_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        z, c = self._latents(draw)
+        with torch.no_grad():
+            x0 = self.modules["student"](z, c)
+        t, eps = self._noise(draw)
+        if self.real is None:
+            return self.objective.critic_loss(x0, c, t, eps)
+        x_real, c_real = draw(self.real)
+        t_real, eps_real = self._noise(draw)
+        return self.objective.critic_loss(x0, c, t, eps, x_real, c_real, t_real, eps_real)
+
+    def generator_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        z, c = self._latents(draw)
+        t, eps = self._noise(draw)
+        return self.objective.generator_loss(self.modules["student"](z, c), c, t, eps)
+
+    def updates(self, step: int) -> list[Update]:
+        c = self.config
+        if step < c.warmup.steps:
+            return [Update("ode_warmup", "warmup", self.ode_loss, c.warmup.batch_size)]
+        critic = [Update("critic", "critic", self.critic_loss, c.batch_size)] * c.critic_steps
+        if step < c.warmup.steps + c.critic_warmup_steps:
+            return critic
+        return [*critic, Update("generator", "generator", self.generator_loss, c.batch_size)]
+
+    def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
+        if self.config.export:
+            export_student(self.modules["student"], ema["ema"], self.schedule, self.teacher, output_dir / "pipeline")
 
 
 def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
-    """Run f-distill; returns ``output_dir`` (with ``pipeline/`` when ``export``)."""
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
+    """Run f-distill; returns ``output_dir`` (with ``pipeline/`` when ``export``).
 
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
-    out = Path(config.output_dir)
-    accelerator = make_accelerator(config.mixed_precision)
-    device, rank = accelerator.device, accelerator.process_index
-
-    obj_cfg = config.objective
-    teacher = load_teacher_for(config.teacher, obj_cfg.guidance_scale, device, config.data.prompts)
-    schedule: NoiseSchedule = teacher.denoiser.schedule
-    den_t = teacher.denoiser
-
-    torch.manual_seed(config.seed)
-    student = OneStepGenerator(Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), schedule,
-                                        den_t.condition_key), schedule.t_max)
-    fake = Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), schedule, den_t.condition_key,
-                    feature_modules=config.teacher.feature_modules if config.teacher.feature_source == "fake" else ())
-    disc = None
-    if obj_cfg.needs_discriminator:
-        probe_g = torch.Generator().manual_seed(config.seed)
-        probe = torch.randn(2, *teacher.sample_shape, generator=probe_g).to(device)
-        trunk = den_t if config.teacher.feature_source == "teacher" else fake
-        disc = FeatureDiscriminator.build(trunk, probe, torch.full((2,), schedule.t_max, device=device),
-                                          teacher.conditions(2, probe_g), hidden=config.disc_hidden).to(device)
-    objective = FDistillObjective(schedule, den_t, fake, disc, obj_cfg).to(device)
-    student.to(device)
-
-    critic_params = list(fake.parameters()) + (list(disc.head.parameters()) if disc is not None else [])
-    betas = (config.optim.beta1, config.optim.beta2)
-    opt_g = torch.optim.Adam(student.parameters(), lr=config.optim.lr_generator, betas=betas)
-    opt_c = torch.optim.Adam(critic_params, lr=config.optim.lr_critic, betas=betas)
-    opt_w = torch.optim.Adam(student.parameters(), lr=config.warmup.lr)
-    opt_g, opt_c, opt_w = accelerator.prepare(opt_g, opt_c, opt_w)
-    ema = EMAModel(student.parameters(), decay=config.ema_decay)
-    ema.to(device)
-    states = {"student": student, "fake_score": fake, "ratio_normalizer": objective.ratio_normalizer, "ema": ema}
-    if disc is not None:
-        states["discriminator_head"] = disc.head
-
-    metrics_path = out / "metrics.jsonl"
-    start = 0
-    ckpt = resolve_resume(resume, out)
-    if ckpt is not None:
-        start = int(load_checkpoint(accelerator, ckpt, states)["step"])
-        ema.to(device)
-        if accelerator.is_main_process:
-            truncate_metrics(metrics_path, start)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-
-    real = RealData(config, teacher, device) if disc is not None else None
-    pairs = None
-    if start < config.warmup.steps:
-        pairs = ode_pairs(teacher, config.warmup, config.seed, device,
-                          out / "ode_pairs.safetensors" if accelerator.is_main_process else None)
-
-    accum = config.gradient_accumulation_steps
-
-    def update(opt, params, loss_fn, what: str, step: int, stream: int) -> dict[str, float]:
-        logs: dict[str, float] = {}
-        # the generator's GAN term back-propagates into the discriminator head: start every update clean
-        opt.zero_grad(set_to_none=True)
-        for micro in range(accum):
-            g = _generator(config.seed, step, micro, rank, stream)
-            with accelerator.autocast():
-                loss, logs = loss_fn(g)
-            _check_finite(loss, what, step, logs, out)
-            accelerator.backward(loss / accum)
-        sync_gradients(params)
-        if config.optim.grad_clip > 0:
-            accelerator.clip_grad_norm_(params, config.optim.grad_clip)
-        opt.step()
-        return logs
-
-    def draw(g: torch.Generator, batch: int) -> tuple[Tensor, Tensor]:
-        c = teacher.conditions(batch, g)
-        return torch.randn(batch, *teacher.sample_shape, generator=g).to(device), c
-
-    def warmup_loss(g):
-        i = torch.randint(pairs[0].shape[0], (config.warmup.batch_size,), generator=g).to(device)
-        loss = (student(pairs[0][i], pairs[1][i]).float() - pairs[2][i]).pow(2).mean()
-        return loss, {"ode_mse": loss.item()}
-
-    def critic_loss(g):
-        z, c = draw(g, config.batch_size)
-        with torch.no_grad():
-            x0 = student(z, c)
-        x_real, c_real = real(config.batch_size, g) if real is not None else (None, None)
-        return objective.critic_loss(x0, x_real, c, c_real, generator=g)
-
-    def generator_loss(g):
-        z, c = draw(g, config.batch_size)
-        return objective.generator_loss(student(z, c), c, generator=g)
-
-    tensorboard = _tensorboard_writer(out / "tensorboard") if accelerator.is_main_process else None
-    bar = tqdm(range(start, config.total_steps), initial=start, total=config.total_steps, desc="f-distill",
-               disable=not accelerator.is_local_main_process)
-    tic, window = time.perf_counter(), []
-    student_params = list(student.parameters())
-    for step in bar:
-        if step < config.warmup.steps:
-            logs = update(opt_w, student_params, warmup_loss, "ODE warm-up", step, 0)
-        else:
-            logs = {}
-            for k in range(config.critic_steps):
-                logs.update(update(opt_c, critic_params, critic_loss, "critic", step, 1 + k))
-            logs.update(update(opt_g, student_params, generator_loss, "generator", step, 0))
-        ema.step(student_params)
-        window.append(logs)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k in ("dm", "disc", "fake_score", "ode_mse")})
-        done = step + 1
-        if done % config.log_every == 0 or done == config.total_steps:
-            record = {"step": done, "phase": "warmup" if step < config.warmup.steps else "distill",
-                      **_mean_logs(window),
-                      "sec_per_step": (time.perf_counter() - tic) / len(window)}
-            tic, window = time.perf_counter(), []
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                if tensorboard is not None:
-                    for k, v in record.items():
-                        if isinstance(v, float):
-                            tensorboard.add_scalar(k, v, done)
-        if done % config.checkpoint_every == 0 or done == config.total_steps:
-            assert_replicas_agree(student_params, "student weights")
-            save_checkpoint(accelerator, out, done, {}, keep=config.checkpoints_to_keep, modules=states)
-    bar.close()
-    if tensorboard is not None:
-        tensorboard.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process and config.export:
-        export_student(student, ema, schedule, teacher, out / "pipeline")
-    accelerator.wait_for_everyone()
-    return out
+    ``batch_size`` and ``warmup.batch_size`` are global batches, split over processes and
+    ``gradient_accumulation_steps`` micro-batches.
+    """
+    return train(config, lambda accelerator: FDistill(config, accelerator.device), resume, config.optim.grad_clip,
+                 "f-distill")
 
 
-def export_student(student: OneStepGenerator, ema, schedule: NoiseSchedule, teacher: Teacher, path: Path):
+def export_student(student: nn.Module, ema, schedule: NoiseSchedule, teacher: Teacher, path: Path):
     """Save the EMA student as an :class:`~fdistill.pipelines.FDistillPipeline` folder."""
+    from accelerate.utils import extract_model_from_parallel
+
     from fdistill.pipelines import export_pipeline
 
+    student = extract_model_from_parallel(student)
     unet = copy.deepcopy(student.denoiser.model).cpu()
     ema.copy_to(unet.parameters())
     comps = teacher.components

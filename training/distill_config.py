@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fdistill.divergences import get_divergence
+from fdistill.models.discriminator import HEAD_KINDS
 from fdistill.objective import ObjectiveConfig
+
+from .trainer import PRECISIONS, LoopConfig  # noqa: F401  (PRECISIONS: public name kept here)
 
 TEACHER_KINDS = ("asset", "pipeline")
 DATA_NAMES = ("digits", "teacher_samples")
 FEATURE_SOURCES = ("teacher", "fake")
-PRECISIONS = ("no", "fp16", "bf16")
 SD_FOLDERS = ("unet", "scheduler", "text_encoder", "tokenizer")
 """Subfolders of the SD1.x/2.x-style pipeline folders that ``teacher.kind=pipeline`` reads (``vae`` optional)."""
 
@@ -114,45 +116,57 @@ class WarmupSpec:
 
 
 @dataclass
+class DiscriminatorSpec:
+    """The density-ratio head on ``teacher.feature_modules`` (one branch per level, logits averaged).
+
+    ``head``: ``conv`` (3×3 convolutions on feature maps) or ``mlp`` (per position, also for tokens).
+    """
+
+    head: str = "conv"
+    hidden: int = 64
+
+    def __post_init__(self):
+        if self.head not in HEAD_KINDS:
+            raise ValueError(f"discriminator.head {self.head!r} is not one of {HEAD_KINDS}")
+        if self.hidden < 1:
+            raise ValueError(f"discriminator.hidden must be >= 1, got {self.hidden}")
+
+
+@dataclass
 class OptimSpec:
+    """Adam rates: the student, the fake score and (its own, larger rate) the discriminator head."""
+
     lr_generator: float = 1e-5
     lr_critic: float = 1e-5
+    lr_head: float = 1e-3
     beta1: float = 0.0
     beta2: float = 0.999
     grad_clip: float = 10.0
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(LoopConfig):
+    """The f-distill run (the loop's fields — steps, batch_size, ema_decay… — come from :class:`LoopConfig`)."""
+
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataSpec = field(default_factory=DataSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
-    steps: int = 1000
-    batch_size: int = 64
-    critic_steps: int = 5
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 200
-    checkpoints_to_keep: int = 2
-    log_every: int = 10
-    disc_hidden: int = 64
-    output_dir: str = "outputs/distill"
+    discriminator: DiscriminatorSpec = field(default_factory=DiscriminatorSpec)
+    critic_steps: int = 4
+    critic_warmup_steps: int = 0
+    output_dir: str = "outputs/distill"  # the method's own default
     export: bool = True
-    seed: int = 0
-    num_threads: int = 0
 
     def __post_init__(self):
-        if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision {self.mixed_precision!r} is not one of {PRECISIONS}")
-        for name in ("steps", "batch_size", "critic_steps", "gradient_accumulation_steps", "checkpoint_every",
-                     "log_every"):
-            if getattr(self, name) < (0 if name == "steps" else 1):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        super().__post_init__()
+        if self.critic_steps < 1 or self.critic_warmup_steps < 0:
+            raise ValueError(f"need critic_steps >= 1 and critic_warmup_steps >= 0, got {self.critic_steps}, "
+                             f"{self.critic_warmup_steps}")
+        if self.warmup.steps and self.warmup.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(f"warmup.batch_size {self.warmup.batch_size} does not split into "
+                             f"gradient_accumulation_steps={self.gradient_accumulation_steps} equal micro-batches")
         get_divergence(self.objective.divergence)
         if self.teacher.kind == "pipeline" and self.data.name == "digits":
             raise ValueError("data.name 'digits' gives real digits for the digits teacher; a pipeline teacher "
@@ -166,5 +180,6 @@ class DistillConfig:
 
     @property
     def total_steps(self) -> int:
-        return self.warmup.steps + self.steps
+        """ODE warm-up, then critic warm-up (critic updates only), then f-distill steps."""
+        return self.warmup.steps + self.critic_warmup_steps + self.steps
 

@@ -25,10 +25,6 @@ class Teacher:
     components: dict[str, Any] = field(default_factory=dict)  # vae / text_encoder / tokenizer to export
 
 
-def _generator(seed: int, step: int, micro: int, rank: int, stream: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(((((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank) * 7) + stream)
-
-
 def load_teacher_for(spec: TeacherSpec, guidance_scale: float, device: torch.device, prompts: list[str]) -> Teacher:
     """Build the frozen teacher Denoiser and the condition sampler for ``spec``."""
     if spec.kind == "asset":

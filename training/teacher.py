@@ -6,8 +6,8 @@ weighting for EDM) or λ = 1/σ_t² (``velocity``: exactly the velocity MSE ‖v
 matching). Labels are replaced by ``null_label = num_classes`` with probability
 ``label_dropout`` so the teacher also learns the unconditional model classifier-free guidance needs.
 
-Every random draw of step s comes from a generator seeded by (seed, s, micro-batch, rank), so a run
-resumed from a checkpoint sees the same batches, times and noise as an uninterrupted one.
+The loop (:mod:`fdistill.training.trainer`) seeds every draw of step s by (seed, s), so a run resumed
+from a checkpoint sees the same batches, times and noise as an uninterrupted one.
 
 CLI: ``fdistill train-teacher --config configs/digits_teacher.yaml [key=value ...] [--resume latest]``
 or ``python -m fdistill.training.teacher`` with the same arguments.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,21 +30,15 @@ from fdistill.losses import denoising_loss
 from fdistill.schedules import SCHEDULES, NoiseSchedule, get_schedule
 from fdistill.teachers import LabelEmbedding, model_class
 
-from .checkpoint import (
-    atomic_write_text,
-    load_checkpoint,
-    resolve_resume,
-    save_checkpoint,
-    truncate_metrics,
-)
-from .config import ConfigError, load_config, save_config
-from .distributed import make_accelerator
+from .checkpoint import atomic_write_text
+from .config import ConfigError, load_config
+from .trainer import PRECISIONS, Draw, LoopConfig, Method, Update, train
 
 MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel"}
 DATASETS = ("digits", "moving_digits")
 LOSS_WEIGHTINGS = ("schedule", "velocity")
 LR_SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+MIXED_PRECISION = PRECISIONS
 
 
 @dataclass
@@ -91,44 +84,32 @@ class DataConfig:
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(LoopConfig):
+    """The teacher run (the loop's fields — steps, batch_size, ema_decay… — come from :class:`LoopConfig`)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     data: DataConfig = field(default_factory=DataConfig)
     num_classes: int = 10
     label_dropout: float = 0.1
     loss_weighting: str = "schedule"
-    batch_size: int = 128
-    steps: int = 1500
     lr: float = 1e-3
     warmup_steps: int = 100
     lr_schedule: str = "constant"
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    mixed_precision: str = "no"
-    gradient_accumulation_steps: int = 1
-    checkpoint_every: int = 250
-    checkpoints_to_keep: int = 2
-    log_every: int = 25
-    output_dir: str = "runs/teacher"
-    seed: int = 0
-    num_threads: int = 0
+    output_dir: str = "runs/teacher"  # the method's own default
 
     def __post_init__(self):
+        super().__post_init__()
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting {self.loss_weighting!r} unknown; valid: {', '.join(LOSS_WEIGHTINGS)}")
         if self.loss_weighting == "velocity" and self.schedule.name != "flow":
             raise ValueError("loss_weighting=velocity is the flow-matching loss; it needs schedule.name=flow")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"mixed_precision {self.mixed_precision!r}; valid: {', '.join(MIXED_PRECISION)}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("num_classes", "batch_size", "steps", "gradient_accumulation_steps",
-                     "checkpoint_every", "log_every"):
+        for name in ("num_classes", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -205,11 +186,6 @@ class _BatchSource:
         return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
 
 
-def _generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    # distinct, reproducible stream per (seed, step, micro-batch, rank)
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 101 + rank)
-
-
 def teacher_loss(net: nn.Module, schedule: NoiseSchedule, x0: Tensor, labels: Tensor, t: Tensor,
                  noise: Tensor, weighting: str = "schedule") -> Tensor:
     """E[λ(t) ‖x̂0(x_t, t) − x0‖²] for one batch; x0 (B, C, ...) and t (B,)."""
@@ -246,97 +222,56 @@ def _teacher_metadata(config: TeacherConfig, net: TeacherNet) -> dict[str, Any]:
     }
 
 
+class TeacherMethod(Method):
+    """Denoising score matching: x_t = α_t x0 + σ_t ε, L = λ(t) ‖x̂0(x_t, t, y) − x0‖², with the label
+    y replaced by the null label with probability ``label_dropout`` (for classifier-free guidance)."""
+
+    def __init__(self, config: TeacherConfig):
+        self.config = config
+        self.schedule = get_schedule(config.schedule.name, **config.schedule.kwargs)
+        net = build_teacher_net(config)
+        self.source = _BatchSource(config.data)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.modules, self.optimizers = {"net": net}, {"net": optimizer}
+        self.schedulers = {"net": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))}
+        self.ema, self.states = {"ema": "net"}, {}
+        self.total_steps = config.steps
+
+    def loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        c = self.config
+        x0, labels = draw(self.source)
+        drop = draw(lambda n, g: torch.rand(n, generator=g)) < c.label_dropout
+        labels = torch.where(drop, torch.full_like(labels, c.num_classes), labels)
+        t = draw(lambda n, g: self.schedule.sample_training_t(n, generator=g))
+        noise = draw.randn(*x0.shape[1:])
+        loss = teacher_loss(self.modules["net"], self.schedule, x0, labels, t, noise, c.loss_weighting)
+        return loss, {"loss": loss}
+
+    def updates(self, step: int) -> list[Update]:
+        return [Update("denoising", "net", self.loss, self.config.batch_size)]
+
+    def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        final = build_teacher_net(self.config)
+        ema["ema"].copy_to(final.parameters())
+        final.model.save_pretrained(output_dir / "model", safe_serialization=True)
+        if final.label_embedding is not None:
+            save_file({k: v.contiguous() for k, v in final.label_embedding.state_dict().items()},
+                      str(output_dir / "label_embedding.safetensors"))
+        atomic_write_text(output_dir / "teacher.json",
+                          json.dumps(_teacher_metadata(self.config, final), indent=1) + "\n")
+
+
 def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Path:
     """Train, checkpoint every ``checkpoint_every`` steps, and save the EMA teacher.
 
     Writes into ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``checkpoint-<step>/``,
     and at the end ``model/`` (EMA weights, ``save_pretrained``), ``teacher.json`` and, for wan,
-    ``label_embedding.safetensors``. Returns ``output_dir``.
+    ``label_embedding.safetensors``. Returns ``output_dir``. ``batch_size`` is the global batch
+    (split over processes and ``gradient_accumulation_steps`` micro-batches).
     """
-    from diffusers.training_utils import EMAModel
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
-    out = Path(config.output_dir)
-    accelerator = make_accelerator(config.mixed_precision,
-                                   gradient_accumulation_steps=config.gradient_accumulation_steps)
-    torch.manual_seed(config.seed)
-    schedule = get_schedule(config.schedule.name, **config.schedule.kwargs)
-    net = build_teacher_net(config)
-    source = _BatchSource(config.data)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    ema = EMAModel(net.parameters(), decay=config.ema_decay)
-    net, optimizer, lr_schedule = accelerator.prepare(net, optimizer, lr_schedule)
-    ema.to(accelerator.device)
-    accelerator.register_for_checkpointing(ema)
-
-    metrics_path = out / "metrics.jsonl"
-    start = 0
-    ckpt = resolve_resume(resume, out)
-    if ckpt is not None:
-        start = int(load_checkpoint(accelerator, ckpt)["step"])
-        ema.to(accelerator.device)
-        if accelerator.is_main_process:
-            truncate_metrics(metrics_path, start)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-
-    device, rank = accelerator.device, accelerator.process_index
-    bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc="teacher",
-               disable=not accelerator.is_local_main_process)
-    window: list[float] = []
-    tic = time.perf_counter()
-    net.train()
-    for step in bar:
-        for micro in range(config.gradient_accumulation_steps):
-            g = _generator(config.seed, step, micro, rank)
-            x0, labels = source(config.batch_size, g)
-            drop = torch.rand(labels.shape, generator=g) < config.label_dropout
-            labels = torch.where(drop, torch.full_like(labels, config.num_classes), labels)
-            t = schedule.sample_training_t(config.batch_size, generator=g)
-            noise = torch.randn(x0.shape, generator=g)
-            x0, labels, t, noise = (v.to(device) for v in (x0, labels, t, noise))
-            with accelerator.accumulate(net), accelerator.autocast():
-                loss = teacher_loss(net, schedule, x0, labels, t, noise, config.loss_weighting)
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and config.grad_clip > 0:
-                    grad_norm = accelerator.clip_grad_norm_(net.parameters(), config.grad_clip)
-                optimizer.step()
-                lr_schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.append(accelerator.gather(loss.detach()[None]).mean().item())
-        ema.step(accelerator.unwrap_model(net).parameters())
-        bar.set_postfix(loss=f"{window[-1]:.4f}")
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            elapsed = time.perf_counter() - tic
-            record = {"step": done, "loss": sum(window) / len(window), "lr": lr_schedule.get_last_lr()[0],
-                      "grad_norm": None if grad_norm is None else float(grad_norm),
-                      "sec_per_step": elapsed * config.gradient_accumulation_steps / len(window)}
-            window, tic = [], time.perf_counter()
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(accelerator, out, done, {}, keep=config.checkpoints_to_keep)
-    bar.close()
-
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = build_teacher_net(config)
-        ema.copy_to(final.parameters())
-        final.model.save_pretrained(out / "model", safe_serialization=True)
-        if final.label_embedding is not None:
-            save_file({k: v.contiguous() for k, v in final.label_embedding.state_dict().items()},
-                      str(out / "label_embedding.safetensors"))
-        atomic_write_text(out / "teacher.json", json.dumps(_teacher_metadata(config, final), indent=1) + "\n")
-    accelerator.wait_for_everyone()
-    return out
+    return train(config, lambda accelerator: TeacherMethod(config), resume, config.grad_clip, "teacher")
 
 
 def train_teacher_from_cli(config_path: str | Path | None, overrides: Sequence[str] = (),

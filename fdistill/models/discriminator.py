@@ -13,18 +13,36 @@ from torch import Tensor, nn
 
 from ..denoisers import Denoiser
 
+HEAD_KINDS = ("mlp", "conv")
+
+
+def _conv_branch(channels: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, hidden, 3, padding=1),
+                         nn.SiLU(), nn.Conv2d(hidden, 1, 1))
+
+
+def _mlp_branch(channels: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(channels, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, 1))
+
 
 class FeatureHead(nn.Module):
-    """Per-feature-map branch → one logit each, summed. Accepts (B, C), (B, C, *spatial) or
-    transformer tokens (B, L, C) (set ``channels_last=True``)."""
+    """One branch per feature level → one logit each (mean over positions), averaged over levels.
 
-    def __init__(self, channels: Sequence[int], hidden: int = 64, channels_last: bool = False):
+    ``kind="mlp"``: a per-position MLP; accepts (B, C), (B, C, *spatial) or transformer tokens
+    (B, L, C) (``channels_last=True``). ``kind="conv"``: two 3×3 convolutions and a 1×1 logit map on
+    (B, C, H, W) feature maps, so each level's logit sees local structure, not single positions.
+    """
+
+    def __init__(self, channels: Sequence[int], hidden: int = 64, channels_last: bool = False, kind: str = "mlp"):
         super().__init__()
-        self.channels_last = channels_last
-        self.branches = nn.ModuleList(
-            nn.Sequential(nn.Linear(c, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-            for c in channels
-        )
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"discriminator head {kind!r} is not one of {HEAD_KINDS}")
+        if kind == "conv" and channels_last:
+            raise ValueError("a conv head needs feature maps (B, C, H, W), not tokens (B, L, C): use head 'mlp'")
+        self.channels_last, self.kind = channels_last, kind
+        make = _conv_branch if kind == "conv" else _mlp_branch
+        self.branches = nn.ModuleList(make(c, hidden) for c in channels)
 
     def forward(self, features: Sequence[Tensor]) -> Tensor:
         """features: as many maps as ``channels`` → logits (B,)."""
@@ -33,11 +51,14 @@ class FeatureHead(nn.Module):
         total = 0
         for f, branch in zip(features, self.branches, strict=True):
             f = f.float()
-            if f.ndim > 2 and not self.channels_last:
+            if self.kind == "conv":
+                if f.ndim != 4:
+                    raise ValueError(f"a conv head needs (B, C, H, W) feature maps, got shape {tuple(f.shape)}")
+            elif f.ndim > 2 and not self.channels_last:
                 f = f.flatten(2).transpose(1, 2)  # (B, positions, C)
-            logits = branch(f)  # (B, [positions,] 1)
-            total = total + (logits.flatten(1).mean(1))
-        return total
+            logits = branch(f)  # (B, [positions,] 1) or (B, 1, H, W)
+            total = total + logits.flatten(1).mean(1)
+        return total / len(self.branches)
 
 
 class FeatureDiscriminator(nn.Module):
@@ -53,14 +74,14 @@ class FeatureDiscriminator(nn.Module):
 
     @classmethod
     def build(cls, denoiser: Denoiser, sample: Tensor, t: Tensor, condition: Tensor | None = None,
-              hidden: int = 64) -> FeatureDiscriminator:
+              hidden: int = 64, kind: str = "mlp") -> FeatureDiscriminator:
         """Infer the feature channels from one forward at (sample, t, condition)."""
         feats = denoiser.features(sample, t, condition)
         channels_last = [f.ndim == 3 for f in feats]
         if any(channels_last) and not all(channels_last):
             raise ValueError("mixing token features (B, L, C) with feature maps (B, C, ...) is not supported")
         channels = [f.shape[-1] if channels_last[0] else f.shape[1] for f in feats]
-        return cls(denoiser, FeatureHead(channels, hidden, channels_last=all(channels_last)))
+        return cls(denoiser, FeatureHead(channels, hidden, channels_last=all(channels_last), kind=kind))
 
     def forward(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
         return self.head(self.denoiser.features(x_t, t, condition))

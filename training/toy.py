@@ -1,7 +1,7 @@
 """f-distill on Gaussian mixtures, where the teacher score and the student's q_t are exact.
 
-``distill_gmm`` runs the same :class:`~fdistill.objective.FDistillObjective` as the image trainer
-with MLPs: a one-step generator z → x, an online fake score, and a discriminator on (x_t, t).
+``distill_gmm`` runs the same :class:`~fdistill.objective.FDistillObjective` on the same loop
+(:mod:`fdistill.training.trainer`) as the image trainer, with MLPs: a one-step generator z → x, an online fake score, and a discriminator on (x_t, t).
 The student starts from teacher probability-flow-ODE pairs (as DMD and CausVid do), optionally
 with some modes dropped from those pairs, so what distribution matching then does to the mode
 masses is measurable: ``drop_modes`` tests whether a divergence brings dropped modes back.
@@ -16,16 +16,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .denoisers import Denoiser
-from .gmm import GaussianMixture, GaussianMixtureDenoiser
-from .losses import discriminator_loss
-from .objective import FDistillObjective, ObjectiveConfig
-from .schedules import EDMSchedule
+from fdistill.denoisers import Denoiser
+from fdistill.gmm import GaussianMixture, GaussianMixtureDenoiser
+from fdistill.losses import discriminator_loss
+from fdistill.objective import FDistillObjective, ObjectiveConfig
+from fdistill.schedules import EDMSchedule
+
+from .trainer import Draw, LoopConfig, Method, Update, train
 
 __all__ = ["GaussianMixture", "GMMConfig", "GMMResult", "WarmStart", "distill_gmm", "log_kde", "mode_metrics",
            "ratio_check", "warm_start"]
@@ -120,7 +125,7 @@ class OracleDiscriminator(nn.Module):
 
 
 @dataclass
-class GMMConfig:
+class GMMConfig(LoopConfig):
     """Toy run settings; ``objective`` holds the divergence and the f-distill knobs.
 
     Training σ is log-normal, ln σ ~ N(p_mean, p_std²): the default median σ ≈ 0.5 puts most draws
@@ -136,10 +141,13 @@ class GMMConfig:
     objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig(gan_weight=0.0))
     steps: int = 1500
     batch_size: int = 256
+    ema_decay: float = 0.98
+    checkpoint_every: int = 1_000_000  # the toy keeps its final checkpoint only
+    output_dir: str = ""  # "": a temporary folder
+    progress: bool = False
     critic_steps: int = 2
     lr_generator: float = 1e-3
     lr_critic: float = 1e-3
-    ema_decay: float = 0.98
     width: int = 128
     disc_width: int = 128
     discriminator: str = "learned"
@@ -150,12 +158,14 @@ class GMMConfig:
     ode_steps: int = 48
     warmup_steps: int = 1500
     fake_warmup_steps: int = 500
-    drop_modes: tuple[int, ...] = ()
+    drop_modes: list[int] = field(default_factory=list)
     eval_samples: int = 20000
     eval_every: int = 100
     check_samples: int = 8192
 
     def __post_init__(self):
+        self.log_every = self.eval_every
+        super().__post_init__()
         if self.discriminator not in ("learned", "oracle"):
             raise ValueError(f"discriminator must be 'learned' or 'oracle', got {self.discriminator!r}")
 
@@ -224,7 +234,7 @@ def _config(overrides: dict, divergence: str = "reverse_kl") -> GMMConfig:
     if unknown:
         raise ValueError(f"unknown option(s) {unknown}; valid: {sorted(names)} and objective_<field>")
     if "drop_modes" in cfg_kw:
-        cfg_kw["drop_modes"] = tuple(cfg_kw["drop_modes"])
+        cfg_kw["drop_modes"] = list(cfg_kw["drop_modes"])
     cfg = GMMConfig(**cfg_kw)
     cfg.objective = dataclasses.replace(cfg.objective, divergence=divergence, **obj_kw)
     return cfg
@@ -240,21 +250,149 @@ def _ode_pairs(mixture, schedule, cfg: GMMConfig, dim: int, g: torch.Generator) 
     return z, schedule.sample(GaussianMixtureDenoiser(target, schedule), z, cfg.ode_steps)
 
 
-def _critic_step(objective: FDistillObjective, opt: torch.optim.Optimizer, generator: nn.Module,
-                 mixture: GaussianMixture, batch_size: int, dim: int, g: torch.Generator) -> dict:
-    with torch.no_grad():
-        x0 = generator(torch.randn(batch_size, dim, generator=g))
-    real, _ = mixture.sample(batch_size, g)
-    loss, logs = objective.critic_loss(x0, real, generator=g)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    return logs
-
-
 @torch.no_grad()
 def _sample(generator: nn.Module, n: int, dim: int, seed: int) -> Tensor:
     return generator(torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)))
+
+
+class GMMDistill(Method):
+    """f-distill of a one-step MLP generator onto a Gaussian mixture, on the shared loop.
+
+    Phases: ``warmup_steps`` regressions on teacher ODE pairs (minus ``drop_modes``), then
+    ``fake_warmup_steps`` critic updates (fake score + discriminator, divergence-independent), then
+    ``steps`` f-distill steps (``critic_steps`` critic updates, one generator update). ``init``
+    (a :class:`WarmStart`) replaces the first two phases.
+    """
+
+    def __init__(self, mixture: GaussianMixture, cfg: GMMConfig, init: WarmStart | None):
+        self.mixture, self.cfg, self.dim = mixture, cfg, mixture.means.shape[1]
+        self.schedule = _schedule(mixture, cfg)
+        generator, fake, disc = _networks(self.schedule, cfg, self.dim)
+        self.warm = 0 if init is not None else cfg.warmup_steps
+        self.critic_warm = 0 if init is not None else cfg.fake_warmup_steps
+        if init is not None:
+            generator.load_state_dict(init.generator)
+            fake.load_state_dict(init.fake_score)
+            disc.load_state_dict(init.discriminator)
+        objective = cfg.objective if init is not None else dataclasses.replace(cfg.objective,
+                                                                               divergence="jensen_shannon")
+        self.oracle = None
+        if cfg.discriminator == "oracle" and init is not None:
+            disc = self.oracle = OracleDiscriminator(mixture, generator, self.dim, cfg.oracle_ref, cfg.seed + 2)
+        self.modules = {"generator": generator, "fake_score": fake}
+        self.has_disc = objective.needs_discriminator
+        if self.has_disc and self.oracle is None:
+            self.modules["discriminator"] = disc
+        self.disc, self.objective_config = disc, objective
+        critic = [*fake.parameters(), *(disc.parameters() if "discriminator" in self.modules else [])]
+        self.optimizers = {
+            "warmup": torch.optim.Adam(generator.parameters(), lr=1e-3),
+            "critic": torch.optim.Adam(critic, lr=cfg.lr_critic, betas=(0.0, 0.99)),
+            "generator": torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.0, 0.99)),
+        }
+        self.ema, self.states = {"ema": "generator"}, {}
+        self.total_steps = self.warm + self.critic_warm + cfg.steps
+        self.pairs = _ode_pairs(mixture, self.schedule, cfg, self.dim,
+                                torch.Generator().manual_seed(cfg.seed)) if self.warm else None
+        self.makes_warm_start = init is None
+        self.history: list[dict] = []
+        self.result: GMMResult | None = None
+
+    def prepared(self) -> None:
+        m = self.modules
+        disc = m.get("discriminator", self.oracle) if self.has_disc else None
+        self.objective = FDistillObjective(self.schedule, GaussianMixtureDenoiser(self.mixture, self.schedule),
+                                           m["fake_score"], disc, self.objective_config)
+
+    def phase(self, step: int) -> str:
+        return "warmup" if step < self.warm else "critic_warmup" if step < self.warm + self.critic_warm else "distill"
+
+    def ode_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        z, x = self.pairs
+        i = draw(lambda n, g: torch.randint(0, z.shape[0], (n,), generator=g))
+        loss = (self.modules["generator"](z[i]) - x[i]).pow(2).mean()
+        return loss, {"ode_mse": loss.detach()}
+
+    def critic_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.oracle is not None:
+            self.oracle.skip = True  # nothing to train in the exact ratio
+        with torch.no_grad():
+            x0 = self.modules["generator"](draw.randn(self.dim))
+        real = draw(lambda n, g: self.mixture.sample(n, g)[0])
+        t, eps = draw(lambda n, g: self.objective.noise(n, (self.dim,), g))
+        t_real, eps_real = draw(lambda n, g: self.objective.noise(n, (self.dim,), g))
+        return self.objective.critic_loss(x0, None, t, eps, real, None, t_real, eps_real)
+
+    def generator_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.oracle is not None:
+            self.oracle.skip = False
+            self.oracle.refresh()  # the generator has moved since the last draw of reference samples
+        x0 = self.modules["generator"](draw.randn(self.dim))
+        return self.objective.generator_loss(x0, None, *draw(lambda n, g: self.objective.noise(n, (self.dim,), g)))
+
+    def updates(self, step: int) -> list[Update]:
+        b = self.cfg.batch_size
+        if step < self.warm:
+            return [Update("ode_warmup", "warmup", self.ode_loss, b)]
+        critic = [Update("critic", "critic", self.critic_loss, b)] * self.cfg.critic_steps
+        if step < self.warm + self.critic_warm:
+            return critic[:1]
+        return [*critic, Update("generator", "generator", self.generator_loss, b)]
+
+    def _ema_generator(self, ema) -> nn.Module:
+        net = copy.deepcopy(unwrap(self.modules["generator"]))
+        ema.copy_to(net.parameters())
+        return net
+
+    def _record(self, step: int, net: nn.Module, logs: dict) -> dict:
+        m = mode_metrics(self.mixture, _sample(net, 2048, self.dim, self.cfg.seed + 20_000))
+        dropped = sum(m["mode_mass"][k] for k in self.cfg.drop_modes)
+        return {"step": step, "tv": m["tv"], "precision": m["precision"], "dropped_mass": dropped, **logs}
+
+    def start(self, step: int, output_dir: Path, is_main: bool) -> None:
+        if not self.makes_warm_start:
+            self.history.append(self._record(0, unwrap(self.modules["generator"]), {}))
+
+    def on_log(self, record: dict, ema: dict[str, Any]) -> None:
+        if record["phase"] == "distill":
+            logs = {k: v for k, v in record.items() if k not in ("step", "phase", "sec_per_step")}
+            step = record["step"] - self.warm - self.critic_warm
+            self.history.append(self._record(step, self._ema_generator(ema["ema"]), logs))
+
+    def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
+        cfg, generator = self.cfg, unwrap(self.modules["generator"])
+        if self.makes_warm_start:  # the raw networks after the ODE and critic phases
+            samples = _sample(generator, cfg.eval_samples, self.dim, cfg.seed + 10_000)
+            self.warm_start = WarmStart(cfg.seed, {k: getattr(cfg, k) for k in _WARM_FIELDS},
+                                        copy.deepcopy(generator.state_dict()),
+                                        copy.deepcopy(unwrap(self.modules["fake_score"]).state_dict()),
+                                        copy.deepcopy(self.disc.state_dict()), mode_metrics(self.mixture, samples),
+                                        samples)
+            return
+        net = self._ema_generator(ema["ema"]).requires_grad_(False)
+        samples = _sample(net, cfg.eval_samples, self.dim, cfg.seed + 10_000)
+        self.result = GMMResult(samples, mode_metrics(self.mixture, samples), self.history, net)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(module)
+
+
+def _run(mixture: GaussianMixture, cfg: GMMConfig, init: WarmStart | None) -> GMMDistill:
+    holder: list[GMMDistill] = []
+
+    def build(accelerator) -> GMMDistill:
+        holder.append(GMMDistill(mixture, cfg, init))
+        return holder[0]
+
+    if cfg.output_dir:
+        train(cfg, build, desc=f"gmm {cfg.objective.divergence}")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            train(dataclasses.replace(cfg, output_dir=tmp), build, desc=f"gmm {cfg.objective.divergence}")
+    return holder[0]
 
 
 def warm_start(mixture: GaussianMixture, seed: int = 0, **overrides) -> WarmStart:
@@ -263,31 +401,8 @@ def warm_start(mixture: GaussianMixture, seed: int = 0, **overrides) -> WarmStar
     The critic warm-up trains the fake score and the discriminator together (the critic loss does
     not depend on the divergence). ``overrides`` as in :func:`distill_gmm`.
     """
-    cfg = _config(overrides)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    dim = mixture.means.shape[1]
-    schedule = _schedule(mixture, cfg)
-    generator, fake, disc = _networks(schedule, cfg, dim)
-
-    z, x = _ode_pairs(mixture, schedule, cfg, dim, g)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
-    for _ in range(cfg.warmup_steps):
-        i = torch.randint(0, z.shape[0], (cfg.batch_size,), generator=g)
-        loss = (generator(z[i]) - x[i]).pow(2).mean()
-        opt_g.zero_grad()
-        loss.backward()
-        opt_g.step()
-
-    critic = FDistillObjective(schedule, GaussianMixtureDenoiser(mixture, schedule), fake, disc,
-                               dataclasses.replace(cfg.objective, divergence="jensen_shannon"))
-    opt_c = torch.optim.Adam([*fake.parameters(), *disc.parameters()], lr=cfg.lr_critic, betas=(0.0, 0.99), fused=True)
-    for _ in range(cfg.fake_warmup_steps):
-        _critic_step(critic, opt_c, generator, mixture, cfg.batch_size, dim, g)
-
-    samples = _sample(generator, cfg.eval_samples, dim, seed + 10_000)
-    return WarmStart(seed, {k: getattr(cfg, k) for k in _WARM_FIELDS}, generator.state_dict(), fake.state_dict(),
-                     disc.state_dict(), mode_metrics(mixture, samples), samples)
+    cfg = dataclasses.replace(_config(overrides), seed=seed, steps=0)
+    return _run(mixture, cfg, None).warm_start
 
 
 def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | None = None, seed: int = 0,
@@ -299,79 +414,26 @@ def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | N
     ``init``: a :func:`warm_start` made with the same seed and warm-up settings (else one is made here).
     Returns the (EMA) student's samples (``eval_samples``, D), its mode metrics (with ``init`` metrics,
     the mass on ``drop_modes`` and a :func:`ratio_check` when a discriminator is used), a history
-    and the EMA generator.
+    (every ``eval_every`` steps) and the EMA generator.
     """
     cfg = _config(overrides, divergence)
-    if steps is not None:
-        cfg.steps = steps
+    cfg = dataclasses.replace(cfg, seed=seed, progress=progress, steps=cfg.steps if steps is None else steps)
     if init is None:
         init = warm_start(mixture, seed, **overrides)
     mismatch = {k: (v, getattr(cfg, k)) for k, v in init.config.items() if getattr(cfg, k) != v}
     if init.seed != seed or mismatch:
         raise ValueError(f"warm start was made with seed {init.seed} and other settings {mismatch} (warm, run)")
-
-    torch.manual_seed(seed + 1)
-    g = torch.Generator().manual_seed(seed + 1)
-    dim = mixture.means.shape[1]
-    schedule = _schedule(mixture, cfg)
-    generator, fake, disc = _networks(schedule, cfg, dim)
-    generator.load_state_dict(init.generator)
-    fake.load_state_dict(init.fake_score)
-    disc.load_state_dict(init.discriminator)
-    oracle = None
-    if cfg.discriminator == "oracle":
-        disc = oracle = OracleDiscriminator(mixture, generator, dim, cfg.oracle_ref, seed + 2)
-    if not cfg.objective.needs_discriminator:
-        disc = None
-    objective = FDistillObjective(schedule, GaussianMixtureDenoiser(mixture, schedule), fake, disc, cfg.objective)
-
-    critic_params = list(fake.parameters()) + (list(disc.parameters()) if disc is not None else [])
-    opt_c = torch.optim.Adam(critic_params, lr=cfg.lr_critic, betas=(0.0, 0.99), fused=True)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=(0.0, 0.99), fused=True)
-    ema = copy.deepcopy(generator).requires_grad_(False)
-
-    def record(step: int, logs: dict) -> dict:
-        m = mode_metrics(mixture, _sample(ema, 2048, dim, seed + 20_000))
-        dropped = sum(m["mode_mass"][k] for k in cfg.drop_modes)
-        return {"step": step, "tv": m["tv"], "precision": m["precision"], "dropped_mass": dropped, **logs}
-
-    history = [record(0, {})]
-    it = range(cfg.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc=f"gmm {divergence}", leave=False)
-    # f-distill: critic steps on the current student, then one generator step
-    c_logs: dict = {}
-    for step in it:
-        if oracle is not None:
-            oracle.skip = True
-        for _ in range(cfg.critic_steps):
-            c_logs = _critic_step(objective, opt_c, generator, mixture, cfg.batch_size, dim, g)
-        if oracle is not None:
-            oracle.skip = False
-        x0 = generator(torch.randn(cfg.batch_size, dim, generator=g))
-        loss, g_logs = objective.generator_loss(x0, generator=g)
-        opt_g.zero_grad()
-        loss.backward()
-        opt_g.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(generator.parameters()), 1 - cfg.ema_decay)
-        if oracle is not None:
-            oracle.refresh()
-        if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
-            history.append(record(step + 1, {**g_logs, **c_logs}))
-
-    samples = _sample(ema, cfg.eval_samples, dim, seed + 10_000)
-    metrics = mode_metrics(mixture, samples)
-    metrics["init"] = init.metrics
+    method = _run(mixture, dataclasses.replace(cfg, seed=seed + 1), init)
+    res = method.result
+    res.metrics["init"] = init.metrics
     if cfg.drop_modes:
-        metrics["dropped_mass"] = sum(metrics["mode_mass"][k] for k in cfg.drop_modes)
-        metrics["dropped_weight"] = float(mixture.weights[list(cfg.drop_modes)].sum())
-    if disc is not None:  # against the student the discriminator was trained on (not the EMA)
-        metrics["ratio_check"] = ratio_check(mixture, generator, disc, dim, num_ref=cfg.check_samples,
-                                             r_min=cfg.objective.r_min, r_max=cfg.objective.r_max, seed=seed + 3)
-    return GMMResult(samples, metrics, history, ema)
+        res.metrics["dropped_mass"] = sum(res.metrics["mode_mass"][k] for k in cfg.drop_modes)
+        res.metrics["dropped_weight"] = float(mixture.weights[list(cfg.drop_modes)].sum())
+    if method.objective.discriminator is not None:  # against the student it was trained on (not the EMA)
+        res.metrics["ratio_check"] = ratio_check(mixture, unwrap(method.modules["generator"]),
+                                                 method.objective.discriminator, method.dim, num_ref=cfg.check_samples,
+                                                 r_min=cfg.objective.r_min, r_max=cfg.objective.r_max, seed=seed + 3)
+    return res
 
 
 @torch.no_grad()

@@ -1,0 +1,26 @@
+"""The shared loop's pieces (training/trainer.py)."""
+
+import pytest
+import torch
+
+from fdistill.training.trainer import Draw, step_seed
+
+
+def test_draw_gives_each_shard_its_rows_of_one_global_batch():
+    def shard(i, n):
+        return Draw(torch.Generator().manual_seed(step_seed(0, 3, 1)), 8, i, n, torch.device("cpu"))
+
+    whole = shard(0, 1)
+    full_x, full_y = whole.randn(2), whole(lambda n, g: torch.randint(10, (n,), generator=g))
+    parts = [shard(i, 4) for i in range(4)]
+    xs = [p.randn(2) for p in parts]
+    ys = [p(lambda n, g: torch.randint(10, (n,), generator=g)) for p in parts]
+    assert torch.equal(torch.cat(xs), full_x) and torch.equal(torch.cat(ys), full_y)
+    assert all(x.shape == (2, 2) for x in xs)
+    with pytest.raises(ValueError, match="global batch 6 does not split into 4 equal shards"):
+        Draw(torch.Generator(), 6, 0, 4, torch.device("cpu")).randn(2)
+
+
+def test_step_seed_separates_steps_and_updates():
+    seeds = {step_seed(s, t, k) for s in range(3) for t in range(50) for k in range(6)}
+    assert len(seeds) == 3 * 50 * 6
