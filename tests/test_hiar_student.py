@@ -176,3 +176,12 @@ def test_cli_has_distill_video():
 
     args = build_parser().parse_args(["distill-video", "--config", "c.yaml", "steps=3", "--resume", "latest"])
     assert args.config == "c.yaml" and args.overrides == ["steps=3"] and args.resume == "latest"
+
+
+def test_sequential_order_with_block_causal_regulariser_trains(teacher_dir, tmp_path):
+    cfg = tiny_config(teacher_dir, tmp_path / "run", order="sequential", steps=3, export=False,
+                      **{"init.steps": 0, "regulariser.attention": "block_causal"})
+    out = distill_video(cfg)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["phase"] == "distill" for r in records)
+    assert not (out / "hiar_student.safetensors").exists()
