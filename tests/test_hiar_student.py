@@ -117,13 +117,17 @@ def test_trains_each_stage_and_resumes_bit_exactly(teacher_dir, tmp_path, diverg
     assert "init_mse" in records[0] and "fake_score" in records[2]
     assert any(k in records[2] for k in ("dm", "reg_mse"))
 
-    part = tmp_path / "part"
-    distill_video(tiny_config(teacher_dir, part, steps=0, **kw))  # stops after the init stage (a checkpoint)
-    resumed = distill_video(tiny_config(teacher_dir, part, **kw), resume="latest")
-    a, b = load_file(full / "hiar_student.safetensors"), load_file(resumed / "hiar_student.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # same draws, same order: bit-identical
+    a = load_file(full / "hiar_student.safetensors")
+    # interrupted after the init stage (checkpoint 2) and inside the DM stage (checkpoint 3: Adam and
+    # ratio-normaliser states of critic and generator must come back too)
+    for stop in (0, 1):
+        part = tmp_path / f"part{stop}"
+        distill_video(tiny_config(teacher_dir, part, steps=stop, **kw))
+        resumed = distill_video(tiny_config(teacher_dir, part, **kw), resume="latest")
+        b = load_file(resumed / "hiar_student.safetensors")
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)  # same draws, same order: bit-identical
 
 
 def test_load_hiar_student_generates_with_no_arguments(teacher_dir, tmp_path):
