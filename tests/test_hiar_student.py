@@ -154,6 +154,7 @@ def test_missing_student_names_the_command(tmp_path):
     ("clip.num_frames", 5, "5"),
     ("clip.denoising_steps", [500, 1000], "[500, 1000]"),
     ("objective.divergence", "nope", "nope"),
+    ("dm_time.kind", "lognormal", "lognormal"),
 ])
 def test_config_errors_name_the_bad_value(teacher_dir, tmp_path, key, value, named):
     with pytest.raises(ConfigError, match=named.replace("[", r"\[").replace("]", r"\]")):
@@ -189,3 +190,16 @@ def test_sequential_order_with_block_causal_regulariser_trains(teacher_dir, tmp_
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["phase"] == "distill" for r in records)
     assert not (out / "hiar_student.safetensors").exists()
+
+
+def test_uniform_dm_times_follow_the_reference(teacher_dir, tmp_path):
+    from fdistill.training.trainer import Draw
+
+    method = HiARStudent(tiny_config(teacher_dir, tmp_path / "run", **{"dm_time.kind": "uniform"}),
+                         torch.device("cpu"))
+    draw = Draw(torch.Generator().manual_seed(0), 4096, 0, 1, torch.device("cpu"))
+    t, eps = method._noise(draw)
+    assert t.shape == (4096,) and eps.shape == (4096, 1, 4, 8, 8)
+    assert t.min() >= 0.02 and t.max() <= 0.98
+    u = torch.rand(4096, generator=torch.Generator().manual_seed(0))  # the same first draw, warped by shift 5
+    torch.testing.assert_close(t, (5 * u / (1 + 4 * u)).clamp(0.02, 0.98))

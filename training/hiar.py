@@ -280,6 +280,19 @@ class HiARStudent(Method):
         loss = ((x0 - states[:, self.K]).pow(2) * mask).sum() / mask.sum().clamp_min(1)
         return loss, {"init_mse": loss.detach()}
 
+    def _noise(self, draw: Draw) -> tuple[Tensor, Tensor]:
+        """(t (B,), ε (B, C, T, H, W)) of the DM loss / critic (``dm_time``)."""
+        spec = self.config.dm_time
+        if spec.kind == "schedule":
+            return draw(lambda m, g: self.objective.noise(m, self.shape, g))
+
+        def uniform(m: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+            u = torch.rand(m, generator=g)
+            t = (spec.shift * u / (1 + (spec.shift - 1) * u)).clamp(spec.t_min, spec.t_max)
+            return t, torch.randn(m, *self.shape, generator=g)
+
+        return draw(uniform)
+
     def _rollout(self, draw: Draw, exit_step: int) -> tuple[Tensor, Tensor]:
         labels = draw(lambda m, g: torch.randint(self.teacher.num_classes, (m,), generator=g))
         eps = draw.randn(self.K + 1, *self.shape)
@@ -291,11 +304,11 @@ class HiARStudent(Method):
         exit_step = int(torch.randint(self.K, (1,), generator=draw.generator))  # same on every shard
         with torch.no_grad():
             x0, cond = self._rollout(draw, exit_step)
-        t, eps = draw(lambda m, g: self.objective.noise(m, self.shape, g))
+        t, eps = self._noise(draw)
         if self.disc is None:
             return self.objective.critic_loss(x0, cond, t, eps)
         i = self._index(draw)
-        t_real, eps_real = draw(lambda m, g: self.objective.noise(m, self.shape, g))
+        t_real, eps_real = self._noise(draw)
         return self.objective.critic_loss(x0, cond, t, eps, self.data["states"][i, self.K],
                                           self.embedding(self.data["labels"][i]), t_real, eps_real)
 
@@ -317,7 +330,7 @@ class HiARStudent(Method):
         if exit_step == 0 and self.config.regulariser.weight > 0:
             return self.regulariser_loss(draw)
         x0, cond = self._rollout(draw, exit_step)
-        t, eps = draw(lambda m, g: self.objective.noise(m, self.shape, g))
+        t, eps = self._noise(draw)
         return self.objective.generator_loss(x0, cond, t, eps)
 
     def updates(self, step: int) -> list[Update]:

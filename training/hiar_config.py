@@ -106,6 +106,28 @@ class HiARDiscriminatorSpec:
     hidden: int = 64
 
 
+DM_TIMES = ("schedule", "uniform")
+
+
+@dataclass
+class DMTimeSpec:
+    """Noise times of the DM loss and the critic: ``schedule`` (the teacher's training distribution,
+    shifted by ``objective.t_shift``) or ``uniform`` (the reference code: u ~ U(0, 1), warped by
+    ``shift``, clamped to [``t_min``, ``t_max``]; HiAR/Self-Forcing: shift 5, [0.02, 0.98])."""
+
+    kind: str = "schedule"
+    shift: float = 5.0
+    t_min: float = 0.02
+    t_max: float = 0.98
+
+    def __post_init__(self):
+        if self.kind not in DM_TIMES:
+            raise ValueError(f"dm_time.kind {self.kind!r} is not one of {DM_TIMES}")
+        if self.shift <= 0 or not 0 <= self.t_min < self.t_max <= 1:
+            raise ValueError(f"need dm_time.shift > 0 and 0 <= t_min < t_max <= 1, got shift={self.shift}, "
+                             f"t_min={self.t_min}, t_max={self.t_max}")
+
+
 def _default_objective() -> ObjectiveConfig:
     return ObjectiveConfig(divergence="reverse_kl", guidance_scale=2.0, gan_weight=0.0)
 
@@ -122,6 +144,7 @@ class HiARConfig(LoopConfig):
     init: InitSpec = field(default_factory=InitSpec)
     regulariser: RegulariserSpec = field(default_factory=RegulariserSpec)
     objective: ObjectiveConfig = field(default_factory=_default_objective)
+    dm_time: DMTimeSpec = field(default_factory=DMTimeSpec)
     optim: HiAROptimSpec = field(default_factory=HiAROptimSpec)
     discriminator: HiARDiscriminatorSpec = field(default_factory=HiARDiscriminatorSpec)
     order: str = "hierarchical"
