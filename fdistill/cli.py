@@ -22,6 +22,13 @@ def _distill(args: argparse.Namespace) -> None:
     print(f"student saved to {out}")
 
 
+def _distill_video(args: argparse.Namespace) -> None:
+    from fdistill.training.hiar import distill_video_from_cli
+
+    out = distill_video_from_cli(args.config, args.overrides, args.resume)
+    print(f"HiAR student saved to {out}")
+
+
 def _eval(args: argparse.Namespace) -> None:
     import json
 
@@ -74,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
             "fdistill.training.teacher:TeacherConfig")
     trainer("distill", "distil a one-step student with an f-divergence", _distill, "configs/digits_js.yaml",
             "fdistill.training.distill_config:DistillConfig")
+    trainer("distill-video", "distil a few-step causal HiAR video student", _distill_video,
+            "configs/moving_digits_hiar.yaml", "fdistill.training.hiar_config:HiARConfig")
 
     p = sub.add_parser("eval", help="FID/KID, precision/recall and class coverage of a pipeline")
     p.add_argument("--pipeline", required=True, help="an FDistillPipeline folder")
