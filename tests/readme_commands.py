@@ -36,6 +36,10 @@ APPENDED: dict[str, str] = {
     "fdistill distill --config configs/digits_js.yaml objective.divergence=forward_kl steps=400 --resume latest":
         "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
     "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100",
+    "fdistill distill-video --config configs/moving_digits_hiar.yaml --resume latest":
+        "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 init.steps=1 "
+        "init.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme "
+        "trajectories.cache_dir=outputs/hiar_trajectories_readme",
     "torchrun --standalone --nproc_per_node 2 -m fdistill.cli distill --config configs/digits_js.yaml":
         "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 "
         "output_dir=outputs/digits_js_torchrun",
