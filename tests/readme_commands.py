@@ -8,7 +8,7 @@ What counts as a command:
 The same command quoted twice runs once, where it first appears.
 
 Commands run in the README's order in one scratch copy of the checkout (Makefile, pyproject.toml,
-configs/, scripts/), so a command may use what an earlier one wrote (``outputs/demo/pipeline``) and
+configs/, scripts/, fdistill/assets/), so a command may use what an earlier one wrote (``outputs/demo/pipeline``) and
 nothing is written into the real checkout's outputs/, runs/, reports/ or fdistill/assets/.
 
 Long commands run as printed with size-reducing arguments appended (``APPENDED``): argparse flags and
@@ -36,9 +36,15 @@ APPENDED: dict[str, str] = {
     "fdistill distill --config configs/digits_js.yaml objective.divergence=forward_kl steps=400 --resume latest":
         "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
     "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100",
+    "python scripts/eval_hiar_student.py --student hierarchical_rkl_reg=fdistill/assets/hiar_student.safetensors "
+    "--bidirectional-teacher": "--seeds 1 --frames 12 24 --classes 2 --output reports/hiar_student_smoke.json",
     "fdistill distill-video --config configs/moving_digits_hiar.yaml --resume latest":
         "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 init.steps=1 "
         "init.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme "
+        "trajectories.cache_dir=outputs/hiar_trajectories_readme",
+    "fdistill distill-video --config configs/moving_digits_hiar.yaml output_dir=/work/runs/hiar_student":
+        "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 init.steps=1 "
+        "init.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme2 "
         "trajectories.cache_dir=outputs/hiar_trajectories_readme",
     "torchrun --standalone --nproc_per_node 2 -m fdistill.cli distill --config configs/digits_js.yaml":
         "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 "

@@ -39,11 +39,11 @@ def test_extraction_rules(tmp_path):
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
-    """A copy of what README commands read (Makefile, pyproject.toml, configs/, scripts/): they write there."""
+    """A copy of what README commands read (Makefile, pyproject.toml, configs/, scripts/, fdistill/assets/)."""
     work = tmp_path_factory.mktemp("readme")
     for name in ("Makefile", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, work / name)  # copy2 keeps mtimes: make sees the installed stamp as fresh
-    for name in ("configs", "scripts"):
+    for name in ("configs", "scripts", "fdistill/assets"):
         shutil.copytree(ROOT / name, work / name)
     return work
 
