@@ -58,7 +58,9 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"L{c.line}" for c in COMMANDS])
 def test_readme_command_runs(command: Command, scratch: Path):
     if command.kind == "python":
-        script = scratch / f"readme_snippet_L{command.line}.py"
+        # not in the scratch root: its fdistill/assets/ copy would shadow the installed package on sys.path[0]
+        script = scratch / "readme_snippets" / f"snippet_L{command.line}.py"
+        script.parent.mkdir(exist_ok=True)
         script.write_text(command.text)
         argv, shell = [sys.executable, str(script)], False
     else:
