@@ -26,6 +26,7 @@ from fdistill.denoisers import call_model
 from fdistill.schedules import NoiseSchedule, schedule_from_scheduler, scheduler_for
 
 from .diffusers_loading import SavesLoaderModule
+from .prompts import negative_prompts
 
 __all__ = ["FDistillPipeline", "export_pipeline"]
 
@@ -197,11 +198,7 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         if prompt_embeds is None:
             prompt_embeds = self._clip_embeds(prompts, device, "prompt")
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative = negative_prompt or ""
-            negative = batch_size * [negative] if isinstance(negative, str) else list(negative)
-            if len(negative) != batch_size:
-                raise ValueError(f"negative_prompt has {len(negative)} entries for {batch_size} prompts: "
-                                 "pass one per prompt, or one string")
+            negative = negative_prompts(negative_prompt, batch_size)
             negative_prompt_embeds = self._clip_embeds(negative, device, "negative_prompt")
         dtype = next((m.dtype for m in (self.text_encoder, self.unet) if m is not None), prompt_embeds.dtype)
         prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)

@@ -45,6 +45,7 @@ from .hiar_cell import (
     denoising_times,
     run_cells,
 )
+from .prompts import negative_prompts
 
 __all__ = ["HiARPipeline", "HiARPipelineOutput", "LabelEmbeddingModel", "hiar_pipeline_from_teacher"]
 
@@ -191,11 +192,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         if prompt_embeds is None:
             prompt_embeds = self._text_embeds(prompt, max_sequence_length, device, "prompt")
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative = negative_prompt or ""
-            negative = batch_size * [negative] if isinstance(negative, str) else list(negative)
-            if len(negative) != batch_size:
-                raise ValueError(f"negative_prompt has {len(negative)} entries for {batch_size} prompts: "
-                                 "pass one per prompt, or one string")
+            negative = negative_prompts(negative_prompt, batch_size)
             negative_prompt_embeds = self._text_embeds(negative, max_sequence_length, device, "negative_prompt")
         dtype = dtype or (self.text_encoder.dtype if self.text_encoder is not None else prompt_embeds.dtype)
         prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_videos_per_prompt, dim=0)
