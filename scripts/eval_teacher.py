@@ -2,10 +2,14 @@
 
     python scripts/eval_teacher.py digits --run runs/digits_teacher --export
     python scripts/eval_teacher.py moving_digits --run runs/moving_digits_teacher --export
+    python scripts/eval_teacher.py digits --run fdistill/assets/digits_teacher.safetensors --update-record
 
 digits: class-balanced samples from the EDM Heun sampler (``--steps 18`` = 35 NFE), class accuracy
-by the digits classifier and classifier-feature FID against all 1,797 digits (the held-out split's
-FID against the same reference is reported as the data floor).
+by the digits classifier and FID/KID/precision/recall against all 1,797 digits in both digits
+feature spaces ("classifier", and the independent "classifier_b" under ``by_features``; the held-out
+split's FID against the same reference is reported as the data floor). ``--update-record`` scores a
+shipped asset and merges the new numbers into its record (``<asset>.json`` ``metrics``, read by
+``scripts/demo.py``), leaving its weights and training summary as they are.
 
 moving_digits: class-balanced clips from the flow-matching Euler sampler; per-frame accuracy of
 the classifier on a crop around the digit (the digit is 8x8 on a 16x16 canvas, so it is centred
@@ -23,8 +27,10 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from fdistill.eval.fid import class_coverage, compute_fid
+from fdistill.eval.fid import FEATURE_SPACES, class_coverage, compute_fid
+from fdistill.eval.pipeline_eval import image_metrics
 from fdistill.teachers import export_teacher_asset, load_teacher
+from fdistill.training.checkpoint import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,14 +76,17 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
     sample_s = time.perf_counter() - tic
     reference, _ = load_digits_tensors("all")
     test, test_labels = load_digits_tensors("test")
-    cov = class_coverage(samples, labels=labels)
+    m = image_metrics(samples, labels, reference, feature_spaces=tuple(FEATURE_SPACES))
     metrics = {
         "sampler": f"EDM Heun, {steps} steps", "nfe": denoiser.schedule.nfe(steps) * (1 if guidance == 1 else 2),
-        "guidance_scale": guidance, "num_samples": num_samples,
-        "fid_classifier_features": compute_fid(samples, reference),
-        "class_accuracy": cov["accuracy"], "classes_covered": cov["classes_covered"],
-        "class_histogram": cov["histogram"], "sample_wall_s": round(sample_s, 1),
+        "guidance_scale": guidance, "num_samples": num_samples, "seed": seed,
+        "fid_classifier_features": m["fid"],
+        "class_accuracy": m["class_accuracy"], "classes_covered": m["classes_covered"],
+        "class_histogram": m["class_histogram"], "sample_wall_s": round(sample_s, 1),
+        "by_features": m["by_features"],
         "data_floor": {"fid_test_split_vs_all": compute_fid(test, reference),
+                       "fid_test_split_vs_all_by_features": {
+                           name: compute_fid(test, reference, name) for name in FEATURE_SPACES},
                        "class_accuracy_test_split": class_coverage(test, labels=test_labels)["accuracy"]},
     }
     per_class = max(1, min(10, len(samples) // 10))  # labels cycle 0..9: one row per class
@@ -126,7 +135,8 @@ def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float,
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("teacher", choices=["digits", "moving_digits"])
-    p.add_argument("--run", type=Path, required=True, help="train_teacher output folder")
+    p.add_argument("--run", type=Path, required=True,
+                   help="train_teacher output folder, or a shipped asset .safetensors (with --update-record)")
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="sampler steps (digits: Heun 18 = 35 NFE)")
     p.add_argument("--guidance", type=float, default=1.0)
@@ -138,7 +148,11 @@ def main(argv=None) -> None:
     p.add_argument("--assets", type=Path, default=ROOT / "fdistill" / "assets",
                    help="where --export writes (default: this checkout's fdistill/assets)")
     p.add_argument("--report-suffix", default="", help="appended to the report files' names, e.g. _cfg2")
+    p.add_argument("--update-record", action="store_true",
+                   help="--run is an asset: merge the new metrics into its .json record (weights untouched)")
     args = p.parse_args(argv)
+    if args.update_record and (args.run.is_dir() or args.export):
+        raise SystemExit("--update-record needs --run <asset .safetensors> and no --export")
     torch.set_num_threads(args.threads)
 
     name = f"{args.teacher}_teacher"
@@ -153,9 +167,16 @@ def main(argv=None) -> None:
         metrics, strip, frames = eval_moving_digits(args.run, args.num_samples or 200, args.steps or 25,
                                                     args.guidance, args.seed, args.device)
         save_image((strip + 1) / 2, reports / f"{out}_frames.png", nrow=frames, padding=1)
-    config = (args.run / "config.yaml").read_text()
-    report = {"teacher": name, "run": str(args.run), **_training_summary(args.run), **metrics,
-              "parameters": load_teacher(args.run).metadata["parameters"], "config": config}
+    parameters = load_teacher(args.run).metadata["parameters"]
+    if args.update_record:
+        record_path = args.run.with_suffix(".json")
+        record = json.loads(record_path.read_text())
+        record["metrics"] = {**record.get("metrics", {}), **metrics}  # keeps the training summary
+        atomic_write_text(record_path, json.dumps(record, indent=1) + "\n")
+        report = {**record["metrics"], "parameters": parameters}
+    else:
+        report = {"teacher": name, "run": str(args.run), **_training_summary(args.run), **metrics,
+                  "parameters": parameters, "config": (args.run / "config.yaml").read_text()}
     (reports / f"{out}.json").write_text(json.dumps(report, indent=1) + "\n")
     if args.export:
         keep = {k: v for k, v in report.items() if k != "config"}

@@ -1,13 +1,17 @@
 """Train the digits classifier used by the offline metrics and ship its weights.
 
     python scripts/train_classifier.py                      # ~30 s on 1 CPU thread
+    python scripts/train_classifier.py --arch resnet --seed 1 --out fdistill/assets/digits_classifier_b.safetensors
 
-Trains `DigitsClassifier` on the 1,500-image train split with light augmentation (random shifts
-of up to 2 px, Gaussian noise, and a fraction of half-size glyphs placed anywhere on the canvas so
-that frames of moving digits are in-distribution for per-frame confidence), reports accuracy on
-the 297 held-out images, and writes `fdistill/assets/digits_classifier.safetensors`, its metrics
-next to it (`digits_classifier.json`) and `reports/classifier.json`. Fails if held-out accuracy
-is below `--min-accuracy`.
+Trains a digits classifier (`--arch cnn`: `DigitsClassifier`; `--arch resnet`:
+`ResidualDigitsClassifier`, the second, independent feature space "classifier_b") on the 1,500-image
+train split with light augmentation (random shifts of up to 2 px, Gaussian noise, and a fraction of
+half-size glyphs placed anywhere on the canvas so that frames of moving digits are in-distribution
+for per-frame confidence), reports accuracy on the 297 held-out images, and writes `--out` (default
+`fdistill/assets/digits_classifier.safetensors`), its metrics next to it (`<out>.json`) and `--report`
+(default `reports/<out name without "digits_">.json`: `reports/classifier.json` for the default
+`--out`, `reports/classifier_b.json` for the second classifier). Fails if held-out accuracy is
+below `--min-accuracy`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fdistill.data.digits import load_digits_tensors
-from fdistill.models.classifier import DigitsClassifier
+from fdistill.models.classifier import ARCHITECTURES, ClassifierBase, build_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +61,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, p_small: float, noise: 
 
 
 @torch.no_grad()
-def accuracy(model: DigitsClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: ClassifierBase, x: torch.Tensor, y: torch.Tensor) -> float:
     model.eval()
     return (model(x).argmax(1) == y).float().mean().item()
 
@@ -71,6 +75,7 @@ def atomic_write_json(path: Path, payload: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="cnn")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -79,8 +84,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-accuracy", type=float, default=0.97)
     parser.add_argument("--out", type=Path, default=ROOT / "fdistill/assets/digits_classifier.safetensors")
-    parser.add_argument("--report", type=Path, default=ROOT / "reports/classifier.json")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="metrics JSON (default: reports/<out name without 'digits_'>.json)")
     args = parser.parse_args()
+    # Derived from --out so that training a second classifier never overwrites reports/classifier.json.
+    report = args.report or ROOT / "reports" / f"{args.out.stem.removeprefix('digits_')}.json"
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -88,7 +96,7 @@ def main() -> None:
     x_train, y_train = load_digits_tensors("train")
     x_test, y_test = load_digits_tensors("test")
 
-    model = DigitsClassifier()
+    model = build_classifier(args.arch)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -126,6 +134,7 @@ def main() -> None:
         "threads": args.threads,
         "train_seconds": round(seconds, 1),
         "num_parameters": sum(p.numel() for p in model.parameters()),
+        "arch": args.arch,
         "config": model.config,
         "torch_version": torch.__version__,
     }
@@ -134,8 +143,8 @@ def main() -> None:
         raise SystemExit(f"held-out accuracy {metrics['heldout_accuracy']:.4f} < {args.min_accuracy}")
     model.save(args.out)
     atomic_write_json(args.out.with_suffix(".json"), metrics)
-    atomic_write_json(args.report, metrics)
-    print(f"wrote {args.out} and {args.report}")
+    atomic_write_json(report, metrics)
+    print(f"wrote {args.out} and {report}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Offline evaluation: FID/KID (clean-fid statistics), precision/recall, VBench-style video metrics.
 
-Image metrics embed images with the shipped digits classifier by default and with clean-fid's
-Inception-v3 only when its weights file is on disk; nothing here downloads anything.
+Image metrics embed images with the shipped digits classifier by default (``FEATURE_SPACES`` also
+names "classifier_b", an independent second classifier) and with clean-fid's Inception-v3 only
+when its weights file is on disk; nothing here downloads anything.
 """
 
 from fdistill.eval.fid import (
+    FEATURE_SPACES,
     class_coverage,
     classifier_feature_extractor,
     compute_fid,
@@ -31,6 +33,7 @@ from fdistill.eval.video import (
 )
 
 __all__ = [
+    "FEATURE_SPACES",
     "VBenchUnavailable",
     "centroid_speed",
     "class_coverage",

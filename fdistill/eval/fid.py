@@ -2,8 +2,10 @@
 
 Images are tensors in [-1, 1] of shape (B, C, H, W). A *feature extractor* maps such a batch to
 (B, D) features. The default is the digits classifier's 128-d penultimate layer (no download,
-works on any machine); Inception-v3 is used only when its TorchScript file is on disk, through
-clean-fid's own wrapper and "clean" resizer (uint8 quantisation, PIL bicubic to 299x299).
+works on any machine); a second shipped classifier of another architecture and seed gives an
+independent space (`FEATURE_SPACES`: "classifier", "classifier_b"). Inception-v3 is used only when
+its TorchScript file is on disk, through clean-fid's own wrapper and "clean" resizer (uint8
+quantisation, PIL bicubic to 299x299).
 
 FID = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) on the feature Gaussians; KID is
 clean-fid's unbiased cubic-polynomial-kernel MMD^2 averaged over random subsets.
@@ -22,13 +24,23 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from fdistill.models.classifier import DigitsClassifier, load_digits_classifier
+from fdistill.models.classifier import (
+    ASSET_NAME,
+    ASSET_NAME_B,
+    ClassifierBase,
+    default_classifier_path,
+    load_digits_classifier,
+)
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 """(B, C, H, W) images in [-1, 1] -> (B, D) features."""
 
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 INCEPTION_ENV = "FDISTILL_INCEPTION_WEIGHTS"
+
+FEATURE_SPACES: dict[str, str] = {"classifier": ASSET_NAME, "classifier_b": ASSET_NAME_B}
+"""Named digits feature spaces -> shipped weights in fdistill/assets: "classifier" (CNN, 128-d,
+seed 0; the default) and "classifier_b" (residual GroupNorm/GELU CNN, 64-d, seed 1)."""
 
 
 def frechet_distance(
@@ -112,18 +124,25 @@ def to_classifier_input(images: torch.Tensor, image_size: int) -> torch.Tensor:
     return x
 
 
-@lru_cache(maxsize=1)
-def _shipped_classifier() -> DigitsClassifier:
-    return load_digits_classifier()
+@lru_cache(maxsize=len(FEATURE_SPACES))
+def _shipped_classifier(space: str) -> ClassifierBase:
+    return load_digits_classifier(default_classifier_path(FEATURE_SPACES[space]))
 
 
-def resolve_classifier(classifier: DigitsClassifier | None = None) -> DigitsClassifier:
-    """`classifier`, or the shipped digits classifier (loaded once per process) when None."""
-    return _shipped_classifier() if classifier is None else classifier
+def resolve_classifier(classifier: ClassifierBase | str | None = None) -> ClassifierBase:
+    """`classifier`, or a shipped one by `FEATURE_SPACES` name (None: "classifier"), loaded once per
+    process. Raises ValueError for an unknown name."""
+    if classifier is None or isinstance(classifier, str):
+        space = classifier or "classifier"
+        if space not in FEATURE_SPACES:
+            raise ValueError(f"unknown classifier feature space {space!r}: use one of {sorted(FEATURE_SPACES)}")
+        return _shipped_classifier(space)
+    return classifier
 
 
-def classifier_feature_extractor(classifier: DigitsClassifier | None = None) -> FeatureExtractor:
-    """Penultimate features of the digits classifier (default: the shipped weights) -> (B, 128)."""
+def classifier_feature_extractor(classifier: ClassifierBase | str | None = None) -> FeatureExtractor:
+    """Penultimate features (B, feature_dim) of a digits classifier: a model, or a shipped one by
+    `FEATURE_SPACES` name (default "classifier", 128-d; "classifier_b" is 64-d)."""
     model = resolve_classifier(classifier)
 
     @torch.no_grad()
@@ -181,14 +200,15 @@ def get_feature_extractor(
     feature_extractor: FeatureExtractor | str | None = None,
     inception_weights: str | os.PathLike | None = None,
 ) -> FeatureExtractor:
-    """Resolve None / "classifier" (digits classifier), "inception" (local file only) or a callable."""
-    if feature_extractor is None or feature_extractor == "classifier":
-        return classifier_feature_extractor()
+    """Resolve None / a `FEATURE_SPACES` name ("classifier", the default, or "classifier_b"),
+    "inception" (local file only) or a callable."""
+    if feature_extractor is None or feature_extractor in FEATURE_SPACES:
+        return classifier_feature_extractor(feature_extractor)
     if feature_extractor == "inception":
         return inception_feature_extractor(inception_weights)
     if isinstance(feature_extractor, str):
-        raise ValueError(f"unknown feature extractor {feature_extractor!r}: use 'classifier', "
-                         "'inception' or a callable")
+        raise ValueError(f"unknown feature extractor {feature_extractor!r}: use one of "
+                         f"{[*FEATURE_SPACES, 'inception']} or a callable")
     return feature_extractor
 
 
@@ -214,8 +234,9 @@ def compute_fid(
 ) -> float:
     """FID between two image sets (N_a, C, H, W) and (N_b, C, H, W) in [-1, 1].
 
-    `feature_extractor`: None/"classifier" (digits classifier, default), "inception" (needs the
-    local weights file, see `resolve_inception_path`) or any callable (B, C, H, W) -> (B, D).
+    `feature_extractor`: None/"classifier" (digits classifier, default), "classifier_b" (the second
+    digits classifier), "inception" (needs the local weights file, see `resolve_inception_path`) or
+    any callable (B, C, H, W) -> (B, D).
     """
     extractor = get_feature_extractor(feature_extractor, inception_weights)
     return fid_from_features(extract_features(images_a, extractor, batch_size),
@@ -242,7 +263,7 @@ def compute_kid(
 @torch.no_grad()
 def class_coverage(
     images: torch.Tensor,
-    classifier: DigitsClassifier | None = None,
+    classifier: ClassifierBase | None = None,
     labels: torch.Tensor | None = None,
     batch_size: int = 256,
 ) -> dict[str, object]:

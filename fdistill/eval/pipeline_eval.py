@@ -1,13 +1,14 @@
 """One quality report for image generators: FID, KID, precision/recall and class coverage.
 
 Reference set: the embedded digits (all 1,797) unless ``reference`` images are given. Features:
-the digits classifier, or clean-fid's Inception when ``inception_weights`` names a local file.
+the digits classifier, or clean-fid's Inception when ``inception_weights`` names a local file; with
+``feature_spaces`` also per named space (e.g. the independent "classifier_b") under ``by_features``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -40,29 +41,44 @@ def generate(sampler: Sampler, num_samples: int, batch_size: int, seed: int = 0,
 
 
 def image_metrics(images: Tensor, labels: Tensor | None = None, reference: Tensor | None = None,
-                  inception_weights: str | None = None) -> dict:
-    """FID/KID/precision/recall vs ``reference`` (default: all digits) and class coverage."""
+                  inception_weights: str | None = None, feature_spaces: Sequence[str] = ()) -> dict:
+    """FID/KID/precision/recall vs ``reference`` (default: all digits) and class coverage.
+
+    Args:
+        images: (N, C, H, W) in [−1, 1]; labels: optional (N,) intended classes.
+        feature_spaces: names for :func:`~fdistill.eval.fid.get_feature_extractor`, e.g.
+            ``("classifier", "classifier_b")``; each adds ``by_features[name] = {fid, kid,
+            precision, recall}``. The top-level numbers stay those of the default space
+            (Inception when ``inception_weights`` is given, else "classifier").
+    """
     if reference is None:
         from fdistill.data.digits import load_digits_tensors
 
         reference = load_digits_tensors("all")[0]
-    extractor = "inception" if inception_weights else None
-    fa = extract_features(images, extractor, inception_weights=inception_weights)
-    fr = extract_features(reference, extractor, inception_weights=inception_weights)
-    pr = precision_recall(fr, fa)
+    default = "inception" if inception_weights else "classifier"
+    spaces = {name: _distances(images, reference, name, inception_weights)
+              for name in dict.fromkeys([default, *feature_spaces])}
     report = {
-        "fid": fid_from_features(fr, fa),
-        "kid": kid_from_features(fr, fa),
-        "precision": pr["precision"],
-        "recall": pr["recall"],
+        **spaces[default],
         "features": "inception" if inception_weights else "digits_classifier",
         "num_samples": int(images.shape[0]),
     }
+    if feature_spaces:
+        report["by_features"] = {name: spaces[name] for name in feature_spaces}
     if images.shape[1] == 1 and images.shape[-1] == 16:
         cov = class_coverage(images, labels=labels)
         report.update(classes_covered=cov["classes_covered"], class_accuracy=cov["accuracy"],
                       class_histogram=cov["histogram"])
     return report
+
+
+def _distances(images: Tensor, reference: Tensor, space: str, inception_weights: str | None) -> dict[str, float]:
+    """{fid, kid, precision, recall} of ``images`` against ``reference`` in feature space ``space``."""
+    fa = extract_features(images, space, inception_weights=inception_weights)
+    fr = extract_features(reference, space, inception_weights=inception_weights)
+    pr = precision_recall(fr, fa)
+    return {"fid": fid_from_features(fr, fa), "kid": kid_from_features(fr, fa),
+            "precision": pr["precision"], "recall": pr["recall"]}
 
 
 def pipeline_sampler(pipe) -> Sampler:
@@ -77,11 +93,13 @@ def pipeline_sampler(pipe) -> Sampler:
 
 
 def evaluate_pipeline(pipeline: str | Path, num_samples: int = 2000, batch_size: int = 250, seed: int = 0,
-                      inception_weights: str | None = None, device: str = "cpu", num_classes: int = 10) -> dict:
+                      inception_weights: str | None = None, device: str = "cpu", num_classes: int = 10,
+                      feature_spaces: Sequence[str] = ()) -> dict:
     """Sample a class-conditional or unconditional :class:`FDistillPipeline` and report its metrics.
 
     Labels cycle over 0 … ``num_classes`` − 1 (10 for digits; the teacher's extra "null" class
-    embedding, used for classifier-free guidance, is not a class to sample).
+    embedding, used for classifier-free guidance, is not a class to sample). ``feature_spaces``: as
+    in :func:`image_metrics`.
     """
     from fdistill.pipelines import FDistillPipeline
 
@@ -93,6 +111,7 @@ def evaluate_pipeline(pipeline: str | Path, num_samples: int = 2000, batch_size:
         raise ValueError("evaluate_pipeline scores class-conditional/unconditional pipelines; for a text "
                          "pipeline, sample your prompts and call fdistill.eval.pipeline_eval.image_metrics")
     images, labels, ips = generate(pipeline_sampler(pipe), num_samples, batch_size, seed, num_classes)
-    report = image_metrics(images, labels if pipe.takes_class_labels else None, inception_weights=inception_weights)
+    report = image_metrics(images, labels if pipe.takes_class_labels else None, inception_weights=inception_weights,
+                           feature_spaces=feature_spaces)
     report["images_per_second"] = ips
     return report
