@@ -1,12 +1,17 @@
-"""Teacher vs one-step students on digits: FID, precision, recall, class coverage, speed.
+"""Teacher vs one-step students on digits, per divergence over seeds: FID, precision, recall in two feature spaces.
 
-    .venv/bin/python scripts/digits_divergences.py [--divergences reverse_kl jensen_shannon forward_kl]
-        [--steps 200] [--num-samples 2000] [--config configs/digits_js.yaml] [key=value ...]
+    .venv/bin/python scripts/digits_divergences.py [--divergences reverse_kl jensen_shannon forward_kl alpha:1.5]
+        [--seeds 0 1 2] [--steps 1000] [--num-samples 2000] [--config configs/digits_js.yaml] [key=value ...]
 
-The ODE-pair warm-up is shared: it runs once (``outputs/digits_study/warmup``), and every divergence
-resumes from its last checkpoint, which is exactly what an uninterrupted run would compute (resume is
-bit-exact). The warm-up-only student is reported as the regression baseline that f-distill must beat.
-Writes reports/digits.json and reports/digits_<model>.png.
+Per seed, the ODE-pair warm-up runs once (``<work>/seed<s>/warmup``) and every divergence resumes from
+its checkpoint, which is exactly what an uninterrupted run would compute (resume is bit-exact); the
+warm-up-only student is the regression baseline f-distill must beat. Every model is scored in both
+feature spaces of ``fdistill.eval.FEATURE_SPACES`` (the shipped CNN classifier and ``classifier_b``,
+another architecture and seed), against the teacher sampled in the same run. Resumable: run the same
+command again after a stop; finished runs are only re-scored. The report is rewritten after every run.
+
+Writes reports/digits.json (every run, and mean ± std over seeds per model) and
+reports/digits_<model>.png (samples of the first seed).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from fdistill.divergences import get_divergence
+from fdistill.eval import FEATURE_SPACES
 from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sampler
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
@@ -28,6 +35,7 @@ from fdistill.training.config import load_config
 from fdistill.training.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("fid", "precision", "recall")
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 10) -> None:
@@ -50,74 +58,116 @@ def teacher_sampler(steps: int):
     return sample, den.schedule.nfe(steps)
 
 
+def summarize(runs: dict[str, dict]) -> dict:
+    """Mean ± std over seeds of FID/precision/recall per feature space, and of the FID ratio to the teacher."""
+    out: dict = {}
+    for space in FEATURE_SPACES:
+        for key in (*METRICS, "fid_vs_teacher"):
+            vals = torch.tensor([r["by_features"][space][key] for r in runs.values()], dtype=torch.float64)
+            out.setdefault(space, {})[key] = {"mean": float(vals.mean()),
+                                              "std": float(vals.std()) if len(vals) > 1 else 0.0}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--divergences", nargs="+", default=["reverse_kl", "jensen_shannon", "forward_kl"])
+    ap.add_argument("--divergences", nargs="+", default=["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--config", default=str(ROOT / "configs/digits_js.yaml"))
-    ap.add_argument("--steps", type=int, default=None, help="f-distill iterations (default: the config's)")
+    ap.add_argument("--steps", type=int, default=1000, help="f-distill generator steps after the warm-ups")
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--teacher-steps", type=int, default=18, help="Heun steps of the teacher (NFE = 2N-1)")
     ap.add_argument("--work", default=str(ROOT / "outputs/digits_study"))
     ap.add_argument("--report", default=str(ROOT / "reports/digits.json"))
-    ap.add_argument("overrides", nargs="*")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. critic_steps=4")
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    for div in args.divergences:
+        get_divergence(div)  # names the valid ones before any work
     work, reports = Path(args.work), Path(args.report).parent
     reports.mkdir(parents=True, exist_ok=True)
     base = load_config(DistillConfig, args.config, args.overrides)
-    steps = base.steps if args.steps is None else args.steps
-    results: dict[str, dict] = {}
+    spaces = tuple(FEATURE_SPACES)
+    report: dict = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "seeds": args.seeds,
+                    "num_samples": args.num_samples, "teacher_steps": args.teacher_steps, "feature_spaces": spaces,
+                    "command": " ".join(["python", "scripts/digits_divergences.py", *sys.argv[1:]]),
+                    "models": {}}
 
-    def evaluate(name: str, sampler, extra: dict) -> None:
+    def evaluate(sampler, grid: Path | None) -> dict:
         images, labels, ips = generate(sampler, args.num_samples, 250, seed=1234)
-        m = image_metrics(images, labels)
+        m = image_metrics(images, labels, feature_spaces=spaces)
         m.pop("class_histogram", None)
-        results[name] = {**m, "images_per_second": ips, **extra}
-        save_grid(images, reports / f"digits_{name}.png")
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in results[name].items()}),
-              flush=True)
+        if grid is not None:
+            save_grid(images, grid)
+        return {**m, "images_per_second": ips}
+
+    def record(model: str, seed: int, result: dict) -> None:
+        teacher = report["models"]["teacher"]["runs"]["all"]
+        for space in spaces:
+            result["by_features"][space]["fid_vs_teacher"] = (result["by_features"][space]["fid"]
+                                                              / teacher["by_features"][space]["fid"])
+        runs = report["models"].setdefault(model, {"runs": {}})["runs"]
+        runs[str(seed)] = result
+        report["models"][model]["summary"] = summarize(runs)
+        write(report, Path(args.report))
+        f = {s: round(result["by_features"][s]["fid"], 4) for s in spaces}
+        print(f"{model} seed {seed}: FID {f}", flush=True)
 
     sampler, nfe = teacher_sampler(args.teacher_steps)
-    evaluate("teacher", sampler, {"nfe": nfe})
-
-    # phase 1 once: the ODE-pair regression baseline
-    warm = work / "warmup"
-    tic = time.perf_counter()
-    wcfg = load_config(DistillConfig, args.config, [*args.overrides, "steps=0", f"output_dir={warm}",
-                                                      f"checkpoint_every={base.warmup.steps}"])
-    distill(wcfg, resume="latest")
-    evaluate("ode_regression", student_sampler(warm / "pipeline"),
-             {"nfe": 1, "train_seconds": time.perf_counter() - tic})
-    ckpt = latest_checkpoint(warm)
-
-    for div in args.divergences:
-        run = work / div.replace(":", "_")
-        if latest_checkpoint(run) is None:  # start from the shared warm-up checkpoint
-            run.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(ckpt, run / ckpt.name, dirs_exist_ok=True)
+    teacher = evaluate(sampler, reports / "digits_teacher_samples.png")
+    report["models"]["teacher"] = {"runs": {"all": {**teacher, "nfe": nfe}}}
+    for seed in args.seeds:
+        warm = work / f"seed{seed}" / "warmup"
         tic = time.perf_counter()
-        cfg = load_config(DistillConfig, args.config, [*args.overrides, f"objective.divergence={div}",
-                                                        f"steps={steps}", f"output_dir={run}"])
-        distill(cfg, resume="latest")
-        evaluate(div, student_sampler(run / "pipeline"),
-                 {"nfe": 1, "distill_steps": steps, "train_seconds": time.perf_counter() - tic})
+        distill(load_config(DistillConfig, args.config, [*args.overrides, f"seed={seed}", "steps=0",
+                                                          "critic_warmup_steps=0", f"output_dir={warm}",
+                                                          f"checkpoint_every={base.warmup.steps}"]), resume="latest")
+        first = seed == args.seeds[0]
+        result = evaluate(student_sampler(warm / "pipeline"), reports / "digits_ode_regression.png" if first else None)
+        record("ode_regression", seed, {**result, "nfe": 1, "train_seconds": time.perf_counter() - tic})
+        ckpt = latest_checkpoint(warm)
+        for div in args.divergences:
+            run = work / f"seed{seed}" / div.replace(":", "_")
+            if latest_checkpoint(run) is None:  # every divergence starts from this seed's warm-up
+                run.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(ckpt, run / ckpt.name, dirs_exist_ok=True)
+            tic = time.perf_counter()
+            distill(load_config(DistillConfig, args.config, [*args.overrides, f"seed={seed}",
+                                                              f"objective.divergence={div}", f"steps={args.steps}",
+                                                              f"output_dir={run}"]), resume="latest")
+            grid = reports / f"digits_{div.replace(':', '_')}.png" if first else None
+            result = evaluate(student_sampler(run / "pipeline"), grid)
+            record(div, seed, {**result, "nfe": 1, "distill_steps": args.steps,
+                               "train_seconds": time.perf_counter() - tic})
+    print_table(report, spaces)
 
-    teacher_ips = results["teacher"]["images_per_second"]
-    for r in results.values():
-        r["speedup_vs_teacher"] = r["images_per_second"] / teacher_ips
-        r["fid_vs_teacher"] = r["fid"] / results["teacher"]["fid"]
-    report = {"config": args.config, "overrides": args.overrides, "num_samples": args.num_samples,
-              "teacher_steps": args.teacher_steps, "results": results,
-              "command": " ".join(["python", "scripts/digits_divergences.py", *sys.argv[1:]])}
-    Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
-    print("\n| model | NFE | FID | precision | recall | classes | class acc. | img/s | speed-up | FID/teacher |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['nfe']} | {r['fid']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-              f"{r.get('classes_covered', '-')} | {r.get('class_accuracy', 0):.3f} | {r['images_per_second']:.0f} | "
-              f"{r['speedup_vs_teacher']:.1f}× | {r['fid_vs_teacher']:.2f} |")
+
+def print_table(report: dict, spaces: tuple[str, ...]) -> None:
+    """The README's markdown table: mean ± std over seeds per model and feature space."""
+    head = " | ".join(f"FID ({s}) | P / R ({s}) | FID / teacher ({s})" for s in spaces)
+    print(f"\n| model | NFE | seeds | {head} |")
+    print("|---|---|---|" + "---|" * 3 * len(spaces))
+    for name, m in report["models"].items():
+        runs = list(m["runs"].values())
+        cells = []
+        for s in spaces:
+            if "summary" in m:
+                v = m["summary"][s]
+                cells += [f"{v['fid']['mean']:.3f} ± {v['fid']['std']:.3f}",
+                          f"{v['precision']['mean']:.3f} / {v['recall']['mean']:.3f}",
+                          f"{v['fid_vs_teacher']['mean']:.2f}×"]
+            else:
+                v = runs[0]["by_features"][s]
+                cells += [f"{v['fid']:.3f}", f"{v['precision']:.3f} / {v['recall']:.3f}", "1.00×"]
+        print(f"| {name} | {runs[0]['nfe']} | {len(runs) if 'summary' in m else '-'} | {' | '.join(cells)} |")
+
+
+def write(report: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

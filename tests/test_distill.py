@@ -216,3 +216,36 @@ def test_shipped_fsdp_launch_config_parses():
     cfg = load_config_from_file(str(ROOT / "configs" / "accelerate_fsdp.yaml"))
     assert cfg.distributed_type == DistributedType.FSDP
     assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_unconditional_student_and_pairs_without_dropped_classes(tiny_digits_teacher, tmp_path):
+    """data.unconditional: every condition is the null label; warmup.drop_classes: no kept pair reads as them."""
+    from fdistill.models.classifier import load_digits_classifier
+    from fdistill.training.sources import RealData, load_teacher_for, ode_pairs, unconditional
+
+    cpu = torch.device("cpu")
+    cfg = tiny_config(tiny_digits_teacher, tmp_path / "a", data__unconditional=True, warmup__ode_pairs=32)
+    teacher = unconditional(load_teacher_for(cfg.teacher, 1.0, cpu, []), cpu)
+    null = teacher.denoiser.num_classes
+    assert (teacher.conditions(5, torch.Generator()) == null).all()
+    assert (RealData(cfg, teacher, cpu).c == null).all()
+    classifier = load_digits_classifier()
+
+    def classes(x):
+        with torch.no_grad():
+            return classifier(x.clamp(-1, 1)).argmax(1)
+
+    _, c, x = ode_pairs(teacher, cfg.warmup, 0, cpu, None, batch_size=16)
+    common = int(classes(x).mode().values)  # the class this random teacher makes most often
+    dropped = tiny_config(tiny_digits_teacher, tmp_path / "b", warmup__ode_pairs=32, warmup__drop_classes=[common])
+    z, c, x = ode_pairs(teacher, dropped.warmup, 0, cpu, None, batch_size=16)
+    assert len(z) == 32 and (c == null).all()
+    assert common not in classes(x).tolist()
+    out = distill(tiny_config(tiny_digits_teacher, tmp_path / "run", steps=1, export=False, data__unconditional=True,
+                              warmup__drop_classes=[common], warmup__ode_pairs=8))
+    assert (out / "checkpoint-2").is_dir()
+
+
+def test_drop_classes_are_checked_at_the_door(tiny_digits_teacher, tmp_path):
+    with pytest.raises(ValueError, match=r"warmup.drop_classes \[10\].*0\.\.9"):
+        tiny_config(tiny_digits_teacher, tmp_path, warmup__drop_classes=[3, 10])

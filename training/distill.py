@@ -28,7 +28,7 @@ from fdistill.schedules import NoiseSchedule
 
 from .config import load_config
 from .distill_config import DataSpec, DiscriminatorSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
-from .sources import RealData, Teacher, load_teacher_for, ode_pairs
+from .sources import RealData, Teacher, load_teacher_for, ode_pairs, unconditional
 from .trainer import Draw, Method, Update, train
 
 __all__ = ["DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator", "OptimSpec",
@@ -61,7 +61,8 @@ class FDistill(Method):
     def __init__(self, config: DistillConfig, device: torch.device):
         self.config = c = config
         obj_cfg = c.objective
-        self.teacher = teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data.prompts)
+        teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data.prompts)
+        self.teacher = teacher = unconditional(teacher, device) if c.data.unconditional else teacher
         self.schedule = teacher.denoiser.schedule
         den_t = teacher.denoiser
         tap_fake = c.teacher.feature_source == "fake"

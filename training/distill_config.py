@@ -93,13 +93,16 @@ class DataSpec:
 
     ``digits``: the embedded digits (labels 0–9). ``teacher_samples``: a pool of ``num_samples``
     teacher samples (``sample_steps`` reference steps) for teachers without a dataset at hand,
-    conditioned on ``prompts`` for text models.
+    conditioned on ``prompts`` for text models. ``unconditional``: the student, the real samples and
+    the teacher all take the teacher's null condition (its classifier-free-guidance input), so the
+    student learns the teacher's unconditional distribution.
     """
 
     name: str = "digits"
     num_samples: int = 256
     sample_steps: int = 18
     prompts: list[str] = field(default_factory=list)
+    unconditional: bool = False
 
     def __post_init__(self):
         if self.name not in DATA_NAMES:
@@ -108,11 +111,24 @@ class DataSpec:
 
 @dataclass
 class WarmupSpec:
+    """Regression on ``ode_pairs`` teacher ODE pairs (``ode_steps`` reference steps) for ``steps`` steps.
+
+    ``drop_classes``: digit classes left out of the pairs (a pair goes when the shipped digits
+    classifier reads its teacher sample as one of them): a warm start that has lost those modes,
+    for mode-recovery studies. Digits teachers only.
+    """
+
     steps: int = 0
     ode_pairs: int = 2000
     ode_steps: int = 18
     lr: float = 1e-3
     batch_size: int = 128
+    drop_classes: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        bad = [c for c in self.drop_classes if not isinstance(c, int) or not 0 <= c <= 9]
+        if bad:
+            raise ValueError(f"warmup.drop_classes {bad} are not digit classes (valid: 0..9)")
 
 
 @dataclass
@@ -174,6 +190,9 @@ class DistillConfig(LoopConfig):
         if self.teacher.kind == "pipeline" and not self.data.prompts:
             raise ValueError("teacher.kind=pipeline is text-conditioned: set data.prompts, e.g. "
                              "data.prompts='[a photo of a cat, a red car]'")
+        if self.warmup.drop_classes and self.teacher.kind != "asset":
+            raise ValueError(f"warmup.drop_classes {self.warmup.drop_classes} reads teacher samples with the digits "
+                             f"classifier: it needs a digits teacher (teacher.kind=asset), not {self.teacher.kind!r}")
         if self.teacher.kind == "asset" and self.data.prompts:
             raise ValueError("data.prompts conditions text teachers (teacher.kind=pipeline); an asset teacher is "
                              "class-conditional: remove data.prompts")

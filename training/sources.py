@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,20 @@ def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: tor
                    {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler})
 
 
+def unconditional(teacher: Teacher, device: torch.device) -> Teacher:
+    """The same teacher whose condition sampler always gives its null condition (its CFG input)."""
+    null = teacher.denoiser.null_condition
+    if null is None:
+        raise ValueError("data.unconditional needs a teacher with a null condition (classifier-free guidance)")
+
+    def draw(batch: int, g: torch.Generator) -> Tensor:
+        if isinstance(null, int):
+            return torch.full((batch,), null, dtype=torch.long, device=device)
+        return null.expand(batch, *null.shape[1:])
+
+    return replace(teacher, conditions=draw)
+
+
 @torch.no_grad()
 def teacher_samples(teacher: Teacher, n: int, steps: int, batch_size: int, g: torch.Generator,
                     device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,6 +124,8 @@ class RealData:
                                  "data.name=digits needs a teacher of 16×16 digits; set data.name=teacher_samples "
                                  "to draw the real samples from the teacher")
             self.x, self.c = x.to(device), y.to(device)
+            if config.data.unconditional:
+                self.c = teacher.conditions(len(y), torch.Generator())
         else:
             g = torch.Generator().manual_seed(config.seed + 12345)
             _, self.c, self.x = teacher_samples(teacher, config.data.num_samples, config.data.sample_steps,
@@ -130,7 +146,10 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
         if d["z"].shape[0] == spec.ode_pairs:
             return d["z"].to(device), d["c"].to(device), d["x"].to(device)
     g = torch.Generator().manual_seed(seed + 777)
-    z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
+    if spec.drop_classes:
+        z, c, x = _pairs_without(teacher, spec, batch_size, g, device)
+    else:
+        z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.tmp")
@@ -138,3 +157,25 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
         tmp.replace(cache)
     return z, c, x
 
+
+
+def _pairs_without(teacher: Teacher, spec: WarmupSpec, batch_size: int, g: torch.Generator,
+                   device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``spec.ode_pairs`` pairs whose teacher samples the digits classifier does not read as ``drop_classes``."""
+    from fdistill.models.classifier import load_digits_classifier
+
+    classifier = load_digits_classifier(device=device)
+    drop = torch.tensor(spec.drop_classes, device=device)
+    kept: list[tuple[Tensor, Tensor, Tensor]] = []
+    n = 0
+    for _ in range(100):  # a bound: a teacher that only makes the dropped classes must not loop forever
+        z, c, x = teacher_samples(teacher, batch_size, spec.ode_steps, batch_size, g, device)
+        with torch.no_grad():
+            keep = ~torch.isin(classifier(x.float().clamp(-1, 1)).argmax(1), drop)
+        kept.append((z[keep], c[keep], x[keep]))
+        n += int(keep.sum())
+        if n >= spec.ode_pairs:
+            z, c, x = (torch.cat(parts)[:spec.ode_pairs] for parts in zip(*kept, strict=True))
+            return z, c, x
+    raise RuntimeError(f"only {n} of {spec.ode_pairs} teacher samples avoid classes {spec.drop_classes} "
+                       f"after {100 * batch_size} draws")
