@@ -1,10 +1,13 @@
-"""Videos of any length with the rolling window: the moving-digits teacher run causally at 12, 96 and 1,000 frames.
+"""Videos of any length with the rolling window: the moving-digits teacher run causally, or a HiAR student, at 12, 96 and 1,000 frames.
 
     python scripts/bench_video_length.py [--lengths 12 96 1000] [--labels 10] [--output reports/video_length.json]
+    python scripts/bench_video_length.py --student [PATH] --output reports/video_length_student.json
 
 The shipped teacher (``hiar_pipeline_from_teacher()``; trained bidirectionally on 12-frame clips,
 RoPE table up to ``rope_max_seq_len`` = 64 frames) generates block-causally with a window of 8
-latent frames, 2 frames per block and 4 steps (1000/750/500/250), one torch thread. Order
+latent frames, 2 frames per block and 4 steps (1000/750/500/250), one torch thread. ``--student``
+runs a HiAR student asset instead (default: the shipped one) with its saved steps and frames per
+block, and its saved window (8 when it has none). Order
 ``wavefront``: the same video as the pipeline's default ``hierarchical`` (tests/test_hiar.py), with
 at most K blocks in flight, where ``hierarchical`` keeps every block's next-step input (memory
 linear in the length). The cells are driven here with the pipeline's own pieces (``prepare_latents``,
@@ -38,6 +41,7 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -45,11 +49,12 @@ import torch
 
 from fdistill.eval import frame_accuracy
 from fdistill.models.causal_wan import _frame_rope
-from fdistill.pipelines import hiar_pipeline_from_teacher
+from fdistill.pipelines import hiar_pipeline_from_teacher, load_hiar_student
 from fdistill.pipelines.hiar_cell import HiARCells, HiARPlan, cell_waves, denoising_times, run_cells
+from fdistill.pipelines.hiar_student import read_hiar_student
 
 STEPS = [1000, 750, 500, 250]
-FRAMES_PER_BLOCK, WINDOW, ORDER, SEED = 2, 8, "wavefront", 0
+FRAMES_PER_BLOCK, WINDOW, ORDER, SEED = 2, 8, "wavefront", 0  # the teacher's; a student brings its own
 EDGE = 12  # frames compared at the start and the end of a video: the training clip's length
 
 
@@ -65,10 +70,10 @@ def _reset_peak_rss() -> float:
 
 def _generate(pipe, labels: torch.Tensor, num_frames: int, window: int | None) -> tuple[torch.Tensor, dict]:
     """Latents (B, 1, F, H, W) of the pipeline's video for ``labels`` and what the run measured."""
-    size = pipe.config.height
+    size, fpb = pipe.config.height, pipe.config.frames_per_block
     bank = pipe.prepare_latents(len(labels), pipe.transformer.config.in_channels, size, size, num_frames,
-                                FRAMES_PER_BLOCK, generator=torch.Generator().manual_seed(SEED))
-    plan = HiARPlan(denoising_times(pipe.schedule, STEPS), num_frames // FRAMES_PER_BLOCK, FRAMES_PER_BLOCK,
+                                fpb, generator=torch.Generator().manual_seed(SEED))
+    plan = HiARPlan(denoising_times(pipe.schedule, list(pipe.config.denoising_steps)), num_frames // fpb, fpb,
                     window=window)
     blocks: dict[int, torch.Tensor] = {}
     finished: list[tuple[float, float]] = []  # (wall, CPU) seconds at each block's completion
@@ -91,15 +96,15 @@ def _generate(pipe, labels: torch.Tensor, num_frames: int, window: int | None) -
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     video = torch.cat([blocks[b] for b in range(plan.num_blocks)], dim=2)
     # time per frame between block completions (the first block also carries the wavefront's ramp)
-    per_frame = torch.tensor(finished, dtype=torch.float64).diff(dim=0) / FRAMES_PER_BLOCK  # (N - 1, 2)
-    edge_blocks = EDGE // FRAMES_PER_BLOCK
+    per_frame = torch.tensor(finished, dtype=torch.float64).diff(dim=0) / fpb  # (N - 1, 2)
+    edge_blocks = EDGE // fpb
     first, last = per_frame[: edge_blocks - 1].mean(0).tolist(), per_frame[-edge_blocks:].mean(0).tolist()
     timing = {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "seconds_per_frame": wall / num_frames,
               "cpu_seconds_per_frame": cpu / num_frames,
               "seconds_per_frame_first_12": first[0], "seconds_per_frame_last_12": last[0],
               "cpu_seconds_per_frame_first_12": first[1], "cpu_seconds_per_frame_last_12": last[1]}
     if num_frames >= 200:  # along the video: frames a .. a + 99 (block completions within them)
-        per_100 = [per_frame[max(a // FRAMES_PER_BLOCK - 1, 0) : (a + 100) // FRAMES_PER_BLOCK - 1].mean(0).tolist()
+        per_100 = [per_frame[max(a // fpb - 1, 0) : (a + 100) // fpb - 1].mean(0).tolist()
                    for a in range(0, num_frames, 100)]
         timing["cpu_seconds_per_frame_per_100_frames"] = [c for _, c in per_100]
         timing["seconds_per_frame_per_100_frames"] = [w for w, _ in per_100]
@@ -141,7 +146,7 @@ def rope_checks(pipe) -> dict:
     x = torch.randn(1, 1, EDGE, pipe.config.height, pipe.config.width, generator=g)
     t = torch.linspace(900, 100, EDGE)[None]
     cond = pipe.label_embedding(torch.tensor([3]))
-    kw = dict(attention="block_causal", frames_per_block=FRAMES_PER_BLOCK, window=WINDOW)
+    kw = dict(attention="block_causal", frames_per_block=pipe.config.frames_per_block, window=WINDOW)
     with torch.no_grad():
         base = pipe.transformer(x, t, cond, **kw).sample
         shifted = {str(o): (pipe.transformer(x, t, cond, frame_offset=o, **kw).sample - base).abs().max().item()
@@ -156,33 +161,42 @@ def main(argv=None) -> None:
     p.add_argument("--labels", type=int, default=10, help="labels (0..n-1) of the batched accuracy rows")
     p.add_argument("--label", type=int, default=3, help="the label of the batch-1 rows")
     p.add_argument("--long", type=int, default=96, help="frames of the batched-labels and the no-window rows")
+    p.add_argument("--student", nargs="?", const="shipped", default=None,
+                   help="a HiAR student asset instead of the teacher (no value: the shipped student)")
     p.add_argument("--output", default="reports/video_length.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    pipe = hiar_pipeline_from_teacher(frames_per_block=FRAMES_PER_BLOCK, denoising_steps=STEPS, window=WINDOW)
+    if args.student is None:
+        pipe = hiar_pipeline_from_teacher(frames_per_block=FRAMES_PER_BLOCK, denoising_steps=STEPS, window=WINDOW)
+        model = {"teacher": "fdistill/assets/moving_digits_teacher", "trained_clip_frames": 12}
+    else:
+        pipe = load_hiar_student(None if args.student == "shipped" else args.student)
+        meta = read_hiar_student(None if args.student == "shipped" else args.student)[0]
+        model = {"student": args.student, "trained_clip_frames": meta.get("num_frames")}
+    window = pipe.config.window or WINDOW
     pipe.set_progress_bar_config(disable=True)
     start, load_start = time.perf_counter(), os.getloadavg()
 
     one = torch.tensor([args.label])
-    clip, _ = _generate(pipe, one, EDGE, WINDOW)
-    vs_pipe = {order: (clip - pipe(labels=one, num_frames=EDGE, order=order, output_type="latent",
+    clip, _ = _generate(pipe, one, EDGE, window)
+    vs_pipe = {order: (clip - pipe(labels=one, num_frames=EDGE, order=order, window=window, output_type="latent",
                                    generator=torch.Generator().manual_seed(SEED)).frames).abs().max().item()
                for order in (ORDER, "hierarchical")}
     print(f"12 frames vs pipe(): max abs diff {vs_pipe}", flush=True)
 
     rows = []
-    runs = [(one, n, WINDOW) for n in args.lengths]
-    runs += [(torch.arange(args.labels), args.long, WINDOW)] if args.labels > 1 else []
+    runs = [(one, n, window) for n in args.lengths]
+    runs += [(torch.arange(args.labels), args.long, window)] if args.labels > 1 else []
     runs += [(one, args.long, None)]
-    for labels, frames, window in runs:
-        video, row = _generate(pipe, labels, frames, window)
-        row = {"num_frames": frames, "batch": len(labels), "labels": labels.tolist(), "window": window, **row,
+    for labels, frames, run_window in runs:
+        video, row = _generate(pipe, labels, frames, run_window)
+        row = {"num_frames": frames, "batch": len(labels), "labels": labels.tolist(), "window": run_window, **row,
                "finite": bool(torch.isfinite(video).all()), "frame_accuracy": _accuracy(video, labels)}
-        if len(labels) == 1 and window == WINDOW:  # causal: the first 12 frames are the 12-frame video
+        if len(labels) == 1 and window is not None:  # causal: the first 12 frames are the 12-frame video
             row["first_12_max_abs_diff_vs_12_frame_video"] = (video[:, :, :EDGE] - clip).abs().max().item()
         rows.append(row)
         acc = row["frame_accuracy"]
-        print(f"{frames:5d} frames  batch {len(labels):2d}  window {window!s:4s}  {row['wall_s']:7.1f} s  "
+        print(f"{frames:5d} frames  batch {len(labels):2d}  window {run_window!s:4s}  {row['wall_s']:7.1f} s  "
               f"{1e3 * row['seconds_per_frame']:6.1f} ms/frame, CPU {1e3 * row['cpu_seconds_per_frame']:6.1f} "
               f"(first 12 {1e3 * row['cpu_seconds_per_frame_first_12']:.1f}, last 12 "
               f"{1e3 * row['cpu_seconds_per_frame_last_12']:.1f})  state {row['peak_state_bytes'] / 1024:.0f} KiB"
@@ -190,13 +204,13 @@ def main(argv=None) -> None:
               f"last 12 {acc['last_12']:.2f})", flush=True)
 
     report = {
-        "command": "python scripts/bench_video_length.py",
+        "command": " ".join(["python", "scripts/bench_video_length.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": {"cpus": os.cpu_count(), "torch_threads": 1, "platform": platform.platform(),
                     "torch": torch.__version__, "load_average_start": load_start, "load_average_end": os.getloadavg()},
-        "model": {"teacher": "fdistill/assets/moving_digits_teacher", "trained_clip_frames": 12,
-                  "rope_max_seq_len": pipe.transformer.config.rope_max_seq_len, "frame": [1, 16, 16]},
-        "generation": {"order": ORDER, "same_video_as": "hierarchical", "frames_per_block": FRAMES_PER_BLOCK,
-                       "window": WINDOW, "denoising_steps": STEPS, "seed": SEED,
+        "model": {**model, "rope_max_seq_len": pipe.transformer.config.rope_max_seq_len, "frame": [1, 16, 16]},
+        "generation": {"order": ORDER, "same_video_as": "hierarchical",
+                       "frames_per_block": pipe.config.frames_per_block, "window": window,
+                       "denoising_steps": list(pipe.config.denoising_steps), "seed": SEED,
                        "max_abs_diff_vs_pipe_call_12_frames": vs_pipe},
         "rope": rope_checks(pipe),
         "runs": rows,

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from fdistill.denoisers import Denoiser
 from fdistill.models.causal_wan import CausalWanTransformer3DModel
@@ -236,9 +237,11 @@ class HiARStudent(Method):
         g = torch.Generator().manual_seed(self.config.seed + 7919)
         labels = torch.arange(t.count) % self.teacher.num_classes
         z = torch.randn(t.count, *self.shape, generator=g)
+        starts = tqdm(range(0, t.count, t.batch_size), desc="teacher trajectories", unit="batch",
+                      disable=not write)  # the stage takes minutes on a CPU: show it
         parts = [teacher_trajectories(self.teacher, labels[i:i + t.batch_size].to(self.device),
                                       z[i:i + t.batch_size].to(self.device), grid.to(self.device), keep,
-                                      t.guidance_scale) for i in range(0, t.count, t.batch_size)]
+                                      t.guidance_scale) for i in starts]
         data = {"states": torch.cat([s for s, _ in parts]).cpu(), "first": torch.cat([f for _, f in parts]).cpu(),
                 "labels": labels, "times": torch.tensor([float(grid[i]) for i in keep] + [0.0]),
                 "first_t": grid[1:2].clone()}
