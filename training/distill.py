@@ -23,13 +23,13 @@ from torch import Tensor, nn
 
 from fdistill.denoisers import Denoiser
 from fdistill.models.discriminator import FeatureDiscriminator
-from fdistill.objective import FDistillObjective
 from fdistill.schedules import NoiseSchedule
 
 from .config import load_config
 from .distill_config import DataSpec, DiscriminatorSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
+from .matching import DistributionMatching
 from .sources import RealData, Teacher, load_teacher_for, ode_pairs, unconditional
-from .trainer import Draw, Method, Update, train
+from .trainer import Draw, Update, train
 
 __all__ = ["DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator", "OptimSpec",
            "TeacherSpec", "WarmupSpec", "distill", "distill_from_cli", "export_student"]
@@ -48,7 +48,7 @@ class OneStepGenerator(nn.Module):
         return self.denoiser(s.prior(z), t, condition, guidance_scale=1.0)
 
 
-class FDistill(Method):
+class FDistill(DistributionMatching):
     """f-distill (Xu, Nie, Vahdat 2025) on the shared loop.
 
     Per step: ``critic_steps`` critic updates — the fake score learns the student's distribution
@@ -70,35 +70,19 @@ class FDistill(Method):
                                             den_t.condition_key), self.schedule.t_max).to(device)
         fake = Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule, den_t.condition_key,
                         feature_modules=c.teacher.feature_modules if tap_fake else ()).to(device)
-        self.disc = None
-        self.modules = {"student": student, "fake_score": fake}
-        critic_groups = [{"params": list(fake.parameters()), "lr": c.optim.lr_critic}]
+        disc = None
         if obj_cfg.needs_discriminator:
             probe_g = torch.Generator().manual_seed(c.seed)
             probe = torch.randn(2, *teacher.sample_shape, generator=probe_g).to(device)
-            self.disc = FeatureDiscriminator.build(
+            disc = FeatureDiscriminator.build(
                 fake if tap_fake else den_t, probe, torch.full((2,), self.schedule.t_max, device=device),
                 teacher.conditions(2, probe_g), hidden=c.discriminator.hidden, kind=c.discriminator.head).to(device)
-            self.modules["discriminator_head"] = self.disc.head
-            critic_groups.append({"params": list(self.disc.head.parameters()), "lr": c.optim.lr_head})
-        betas = (c.optim.beta1, c.optim.beta2)
-        self.optimizers = {
-            "warmup": torch.optim.Adam(student.parameters(), lr=c.warmup.lr),
-            "critic": torch.optim.Adam(critic_groups, betas=betas),
-            "generator": torch.optim.Adam(student.parameters(), lr=c.optim.lr_generator, betas=betas),
-        }
+        self.optimizers = {"warmup": torch.optim.Adam(student.parameters(), lr=c.warmup.lr),
+                           **self.build_critic(student, fake, disc, c.optim)}
+        self.score_teacher, self.features_from = den_t, c.teacher.feature_source
         self.ema = {"ema": "student"}
         self.real = RealData(c, teacher, device) if self.disc is not None else None
         self.device, self.pairs, self.total_steps = device, None, c.total_steps
-
-    def prepared(self) -> None:
-        m, c = self.modules, self.config
-        if self.disc is not None:
-            self.disc.head = m["discriminator_head"]
-        self.objective = FDistillObjective(self.schedule, self.teacher.denoiser, m["fake_score"], self.disc,
-                                           c.objective, features_from=c.teacher.feature_source)
-        self.objective.ratio_normalizer.to(self.device)
-        self.states = {"ratio_normalizer": self.objective.ratio_normalizer}
 
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
         if step < self.config.warmup.steps:

@@ -10,6 +10,7 @@ from fdistill.divergences import get_divergence
 from fdistill.models.discriminator import HEAD_KINDS
 from fdistill.objective import ObjectiveConfig
 
+from .matching import OptimSpec
 from .trainer import PRECISIONS, LoopConfig  # noqa: F401  (PRECISIONS: public name kept here)
 
 TEACHER_KINDS = ("asset", "pipeline")
@@ -146,18 +147,6 @@ class DiscriminatorSpec:
             raise ValueError(f"discriminator.head {self.head!r} is not one of {HEAD_KINDS}")
         if self.hidden < 1:
             raise ValueError(f"discriminator.hidden must be >= 1, got {self.hidden}")
-
-
-@dataclass
-class OptimSpec:
-    """Adam rates: the student, the fake score and (its own, larger rate) the discriminator head."""
-
-    lr_generator: float = 1e-5
-    lr_critic: float = 1e-5
-    lr_head: float = 1e-3
-    beta1: float = 0.0
-    beta2: float = 0.999
-    grad_clip: float = 10.0
 
 
 @dataclass

@@ -34,14 +34,14 @@ from tqdm.auto import tqdm
 from fdistill.denoisers import Denoiser
 from fdistill.models.causal_wan import CausalWanTransformer3DModel
 from fdistill.models.discriminator import FeatureDiscriminator
-from fdistill.objective import FDistillObjective
 from fdistill.pipelines.hiar_cell import HiARCells, HiARPlan, cell_waves, denoising_times
 from fdistill.schedules import FlowMatchingSchedule, NoiseSchedule
 from fdistill.teachers import MOVING_DIGITS_TEACHER, load_moving_digits_teacher
 
 from .config import load_config
 from .hiar_config import HiARConfig
-from .trainer import Draw, Method, Update, train
+from .matching import DistributionMatching
+from .trainer import Draw, Update, train
 
 __all__ = ["HiARConfig", "HiARStudent", "distill_video", "distill_video_from_cli", "regulariser_target",
            "self_rollout", "teacher_grid", "teacher_trajectories"]
@@ -152,7 +152,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-class HiARStudent(Method):
+class HiARStudent(DistributionMatching):
     """The HiAR student on the shared loop (see the module docstring)."""
 
     def __init__(self, config: HiARConfig, device: torch.device):
@@ -177,37 +177,22 @@ class HiARStudent(Method):
 
         student = CausalWanTransformer3DModel.from_config(self.teacher.model.config)
         student.load_state_dict(self.teacher.model.state_dict())
+        student.to(device).train()
         fake = Denoiser(copy.deepcopy(self.teacher.model).requires_grad_(True).train(), schedule,
                         "encoder_hidden_states").to(device)
-        self.modules = {"student": student.to(device).train(), "fake_score": fake}
-        critic_groups = [{"params": list(fake.parameters()), "lr": c.optim.lr_critic}]
-        self.disc = None
+        disc = None
         if c.objective.needs_discriminator:
             g = torch.Generator().manual_seed(c.seed)
             probe = torch.randn(2, *self.shape, generator=g).to(device)
-            self.disc = FeatureDiscriminator.build(self.teacher, probe, torch.ones(2, device=device),
-                                                   self.embedding(torch.arange(2, device=device)),
-                                                   hidden=c.discriminator.hidden, kind="mlp").to(device)
-            self.modules["discriminator_head"] = self.disc.head
-            critic_groups.append({"params": list(self.disc.head.parameters()), "lr": c.optim.lr_head})
-        betas = (c.optim.beta1, c.optim.beta2)
-        self.optimizers = {
-            "init": torch.optim.Adam(student.parameters(), lr=c.init.lr),
-            "critic": torch.optim.Adam(critic_groups, betas=betas),
-            "generator": torch.optim.Adam(student.parameters(), lr=c.optim.lr_generator, betas=betas),
-        }
+            disc = FeatureDiscriminator.build(self.teacher, probe, torch.ones(2, device=device),
+                                              self.embedding(torch.arange(2, device=device)),
+                                              hidden=c.discriminator.hidden, kind="mlp").to(device)
+        self.optimizers = {"init": torch.optim.Adam(student.parameters(), lr=c.init.lr),
+                           **self.build_critic(student, fake, disc, c.optim)}
+        self.score_teacher = self.teacher
         self.ema = {"ema": "student"}
         self.total_steps = c.total_steps
         self.data: dict[str, Tensor] = {}
-
-    def prepared(self) -> None:
-        m, c = self.modules, self.config
-        if self.disc is not None:
-            self.disc.head = m["discriminator_head"]
-        self.objective = FDistillObjective(self.schedule, self.teacher, m["fake_score"], self.disc, c.objective,
-                                           features_from="teacher")
-        self.objective.ratio_normalizer.to(self.device)
-        self.states = {"ratio_normalizer": self.objective.ratio_normalizer}
 
     # -- stage 1 ---------------------------------------------------------------------------
     def trajectory_settings(self) -> dict[str, Any]:

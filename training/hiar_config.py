@@ -8,6 +8,7 @@ from pathlib import Path
 from fdistill.divergences import get_divergence
 from fdistill.objective import ObjectiveConfig
 
+from .matching import OptimSpec
 from .trainer import LoopConfig
 
 TRAIN_ORDERS = ("hierarchical", "sequential")
@@ -89,16 +90,6 @@ class RegulariserSpec:
 
 
 @dataclass
-class HiAROptimSpec:
-    lr_generator: float = 1e-5
-    lr_critic: float = 1e-5
-    lr_head: float = 1e-3
-    beta1: float = 0.0
-    beta2: float = 0.999
-    grad_clip: float = 10.0
-
-
-@dataclass
 class HiARDiscriminatorSpec:
     """A per-token MLP head on the frozen teacher's transformer blocks (used when the divergence needs r)."""
 
@@ -145,7 +136,7 @@ class HiARConfig(LoopConfig):
     regulariser: RegulariserSpec = field(default_factory=RegulariserSpec)
     objective: ObjectiveConfig = field(default_factory=_default_objective)
     dm_time: DMTimeSpec = field(default_factory=DMTimeSpec)
-    optim: HiAROptimSpec = field(default_factory=HiAROptimSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
     discriminator: HiARDiscriminatorSpec = field(default_factory=HiARDiscriminatorSpec)
     order: str = "hierarchical"
     critic_steps: int = 2
