@@ -50,10 +50,11 @@ APPENDED: dict[str, str] = {
         "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 "
         "output_dir=outputs/digits_js_torchrun",
     "python scripts/eval_hiar_teacher.py": "--num-samples 4 --num-frames 4 --threads 1",
-    "python scripts/digits_divergences.py --steps 200 --num-samples 1000 --threads 1 num_threads=1":
+    "python scripts/train_classifier.py --arch resnet --seed 1 --out fdistill/assets/digits_classifier_b.safetensors":
+        "--epochs 1 --min-accuracy 0",
+    "python scripts/digits_divergences.py":
         "warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 --steps 1 --num-samples 100 "
-        "--teacher-steps 2 "
-        "--divergences reverse_kl",
+        "--teacher-steps 2 --seeds 0 --divergences reverse_kl --report reports/digits_smoke.json",
     "python scripts/gmm_divergences.py": "--quick --out reports/gmm_quick --divergences reverse_kl,forward_kl "
                                          "--no-diagnostics",
     "python scripts/bench_train_step.py --repeats 3 --steps 10 --threads 1":
