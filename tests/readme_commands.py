@@ -57,6 +57,8 @@ APPENDED: dict[str, str] = {
         "--teacher-steps 2 --seeds 0 --divergences reverse_kl --report reports/digits_smoke.json",
     "python scripts/gmm_divergences.py": "--quick --out reports/gmm_quick --divergences reverse_kl,forward_kl "
                                          "--no-diagnostics",
+    "python scripts/gmm_narrow_modes.py": "--quick --divergences reverse_kl,forward_kl --settings baseline "
+                                          "--out reports/gmm_narrow_quick",
     "python scripts/bench_train_step.py --repeats 3 --steps 10 --threads 1":
         "--repeats 1 --steps 3 --batch-size 4 --divergences reverse_kl jensen_shannon",
     "python scripts/bench_hiar.py": "--repeats 1 --quick",

@@ -4,7 +4,16 @@ import pytest
 import torch
 from torch import nn
 
-from fdistill.training.toy import GaussianMixture, OracleDiscriminator, distill_gmm, log_kde, mode_metrics, warm_start
+from fdistill.training.toy import (
+    GaussianMixture,
+    GMMConfig,
+    OracleDiscriminator,
+    distill_gmm,
+    log_kde,
+    mode_metrics,
+    random_mixture,
+    warm_start,
+)
 
 TINY = dict(warmup_steps=300, fake_warmup_steps=10, batch_size=128, ode_pairs=1024, ode_steps=16, eval_samples=1000,
             critic_steps=1, width=32, disc_width=32, eval_every=5, check_samples=1024)
@@ -26,6 +35,44 @@ def test_mode_metrics_on_known_samples():
     assert m["mode_mass"] == [0.6, 0.2]
     assert m["modes_covered"] == 2 and m["precision"] == pytest.approx(0.8)
     assert m["tv"] == pytest.approx(0.5 * (0.15 + 0.05 + 0.2))
+
+
+def test_mode_metrics_tell_a_wide_mode_from_a_lost_one():
+    gmm = GaussianMixture([[-4.0, 0.0], [4.0, 0.0]], [0.5, 0.1], [0.5, 0.5])
+    wide = GaussianMixture(gmm.means, [0.5, 0.3], [0.5, 0.5])  # mode 1 three times too wide, its mass kept
+    m = mode_metrics(gmm, wide.sample(20000, torch.Generator().manual_seed(0))[0])
+    assert m["mode_width"] == pytest.approx([1.0, 3.0], rel=0.05)
+    assert m["mode_mass_nearest"] == pytest.approx([0.5, 0.5], abs=0.02) and m["tv_nearest"] < 0.02
+    assert m["mode_mass"][1] < 0.3 and m["tv"] > 0.2  # within 3σ of mode 1 most of it looks lost
+
+
+def test_random_mixture_is_seeded_with_one_narrow_mode():
+    a, b, c = random_mixture(3), random_mixture(3), random_mixture(4)
+    torch.testing.assert_close(a.means, b.means)
+    torch.testing.assert_close(a.stds, b.stds)
+    torch.testing.assert_close(a.weights, b.weights)
+    assert not torch.allclose(a.means, c.means)
+    for seed in range(5):
+        m = random_mixture(seed, num_modes=5, std=0.3, narrow=5.0, min_distance=2.0)
+        stds = m.stds[:, 0].sort().values
+        assert m.num_modes == 5 and stds[0] == pytest.approx(0.06)
+        assert 0.8 * 0.3 <= stds[1] and stds[-1] <= 1.25 * 0.3  # every other mode 4-6x wider
+        assert torch.pdist(m.means).min() >= 2.0 and m.means.norm(dim=1).max() <= 4.0
+        assert m.weights.max() / m.weights.min() <= 4.0 + 1e-5
+    with pytest.raises(ValueError, match="could not place"):
+        random_mixture(0, num_modes=8, radius=1.0, min_distance=2.0)
+    with pytest.raises(ValueError, match="narrow"):
+        random_mixture(0, narrow=0.5)
+
+
+def test_generator_depth_sets_the_generator_layers():
+    gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3)
+    kw = dict(TINY, warmup_steps=2, fake_warmup_steps=1)
+    linear = [k for k in warm_start(gmm, seed=0, generator_depth=5, **kw).generator if k.endswith("weight")]
+    assert len(linear) == 6  # 5 hidden layers and the output layer (default depth 3: 4)
+    assert len([k for k in warm_start(gmm, seed=0, **kw).generator if k.endswith("weight")]) == 4
+    with pytest.raises(ValueError, match="generator_depth"):
+        GMMConfig(generator_depth=0)
 
 
 def test_log_kde_is_the_noised_empirical_density():
