@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -44,6 +45,23 @@ def teacher_record(num_samples: int | None) -> dict:
     return eval_digits(DIGITS_TEACHER, n, steps=18, guidance=1.0, seed=int(teacher.get("seed", 0)))[0]
 
 
+def discriminator_summary(metrics_path: Path) -> dict:
+    """Mean ``disc``, ``h_spread`` and ``r_mean`` over the last quarter of the f-distill phase's log rows.
+
+    Issue 10's goals for the demo: ``disc`` clearly below ln 4 (the loss of a head at chance) and
+    ``h_spread`` (std/mean of the normalised weights h over a batch) ≥ 0.1.
+    """
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r.get("phase") == "distill" and "disc" in r]
+    if not rows:
+        return {}
+    tail = rows[len(rows) - max(1, len(rows) // 4):]
+    mean = lambda key: sum(r[key] for r in tail if key in r) / max(1, sum(key in r for r in tail))
+    return {"rows": len(tail), "from_step": tail[0]["step"], "to_step": tail[-1]["step"], "disc": mean("disc"),
+            "ln4": math.log(4), "h_spread": mean("h_spread"), "r_mean": mean("r_mean"),
+            "h_spread_goal": 0.1, "h_spread_goal_met": mean("h_spread") >= 0.1}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default=str(ROOT / "outputs/demo"))
@@ -52,7 +70,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: tiny models gain little from a second thread and lose a lot "
                          "when anything else runs; 0: torch's default)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may sit on either side of an option
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     out = Path(args.output)
@@ -83,6 +101,7 @@ def main() -> None:
         # FID scales differ between spaces; the ratio is what compares them (goal <= 1.3, paper < 1).
         "fid_ratio_student_over_teacher": {
             name: m["by_features"][name]["fid"] / teacher["by_features"][name]["fid"] for name in SPACES},
+        "discriminator_last_quarter": discriminator_summary(out / "metrics.jsonl"),
         "num_samples": n, "sample_seed": 1234, "pipeline": str(out / "pipeline"), "grid": str(out / "samples.png"),
     }
     (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -93,6 +112,10 @@ def main() -> None:
           f"{s['images_per_second']:.0f} img/s  (trained in {train_s / 60:.1f} min)")
     print(f"teacher ({t['nfe']} NFE):        FID {fids(t)}  class acc {t['class_accuracy']:.3f}")
     print(f"student / teacher:            {' | '.join(f'{ratio[name]:.2f}x' for name in SPACES)}")
+    d = summary["discriminator_last_quarter"]
+    if d:
+        print(f"discriminator, last quarter of f-distill (steps {d['from_step']}-{d['to_step']}): loss {d['disc']:.4f} "
+              f"(chance: ln 4 = {d['ln4']:.4f})  h_spread {d['h_spread']:.3f} (goal >= 0.1)  r_mean {d['r_mean']:.3f}")
     print(f"pipeline: {out / 'pipeline'}   samples: {out / 'samples.png'}")
 
 

@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -128,3 +129,21 @@ def test_distill_gmm_rejects_unknown_options():
         distill_gmm(gmm, "nope", steps=1)
     with pytest.raises(ValueError, match="discriminator"):
         distill_gmm(gmm, "js", steps=1, discriminator="exact")
+
+
+@pytest.mark.parametrize("discriminator", ["learned", "oracle"])
+def test_killed_toy_run_resumes_bit_exactly(tmp_path, discriminator):
+    gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3, [0.7, 0.3])
+    kw = dict(TINY, warmup_steps=20, fake_warmup_steps=2, eval_every=2, checkpoint_every=4,
+              oracle_ref=256, discriminator=discriminator)
+    init = warm_start(gmm, seed=0, **kw)
+    full = distill_gmm(gmm, "forward_kl", 8, 0, init=init, output_dir=str(tmp_path / "full"), **kw)
+    cut = distill_gmm(gmm, "forward_kl", 4, 0, init=init, output_dir=str(tmp_path / "cut"), **kw)
+    with (tmp_path / "cut" / "history.jsonl").open("a") as f:  # killed after step 6's row, before checkpoint 8
+        f.write(json.dumps({**cut.history[-1], "step": 6}) + '\n{"step": 7, "tv"')  # the last row cut in half
+    resumed = distill_gmm(gmm, "forward_kl", 8, 0, init=init, output_dir=str(tmp_path / "cut"), resume="latest", **kw)
+    torch.testing.assert_close(resumed.samples, full.samples, rtol=0, atol=0)
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history] == [0, 2, 4, 6, 8]
+    assert resumed.history == full.history
+    with pytest.raises(ValueError, match="needs output_dir"):
+        distill_gmm(gmm, "forward_kl", 2, 0, init=init, resume="latest", **kw)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from fdistill.losses import discriminator_loss
 from fdistill.objective import FDistillObjective, ObjectiveConfig
 from fdistill.schedules import EDMSchedule
 
+from .checkpoint import atomic_write_text
 from .trainer import Draw, LoopConfig, Method, Update, train
 
 __all__ = ["GaussianMixture", "GMMConfig", "GMMResult", "WarmStart", "distill_gmm", "log_kde", "mode_metrics",
@@ -141,6 +143,12 @@ class OracleDiscriminator(nn.Module):
 
     def refresh(self) -> None:
         self.ref = self.ref[:0]
+
+    def get_extra_state(self) -> Tensor:  # checkpointed: a resumed run draws the same reference samples
+        return self.rng.get_state()
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.rng.set_state(state)
 
     @torch.no_grad()
     def forward(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None) -> Tensor:
@@ -350,6 +358,9 @@ class GMMDistill(Method):
         disc = m.get("discriminator", self.oracle) if self.has_disc else None
         self.objective = FDistillObjective(self.schedule, GaussianMixtureDenoiser(self.mixture, self.schedule),
                                            m["fake_score"], disc, self.objective_config)
+        # what a bit-exact resume needs besides modules, optimisers and EMA
+        self.states = {"ratio_normalizer": self.objective.ratio_normalizer,
+                       **({"oracle": self.oracle} if self.oracle is not None else {})}
 
     def phase(self, step: int) -> str:
         return "warmup" if step < self.warm else "critic_warmup" if step < self.warm + self.critic_warm else "distill"
@@ -397,14 +408,31 @@ class GMMDistill(Method):
         return {"step": step, "tv": m["tv"], "precision": m["precision"], "dropped_mass": dropped, **logs}
 
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
-        if not self.makes_warm_start:
-            self.history.append(self._record(0, unwrap(self.modules["generator"]), {}))
+        """History rows live in ``history.jsonl`` too: a resumed run keeps those before its step."""
+        self.history_path = output_dir / "history.jsonl"
+        if self.makes_warm_start:
+            return
+        done = step - self.warm - self.critic_warm
+        if step > 0 and self.history_path.is_file():
+            rows = []
+            for line in self.history_path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a kill
+                    break
+            self.history = [r for r in rows if r["step"] <= done]
+        else:
+            self.history = [self._record(0, unwrap(self.modules["generator"]), {})]
+        if is_main:
+            atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def on_log(self, record: dict, ema: dict[str, Any]) -> None:
         if record["phase"] == "distill":
             logs = {k: v for k, v in record.items() if k not in ("step", "phase", "sec_per_step")}
             step = record["step"] - self.warm - self.critic_warm
             self.history.append(self._record(step, self._ema_generator(ema["ema"]), logs))
+            with self.history_path.open("a") as f:
+                f.write(json.dumps(self.history[-1]) + "\n")
 
     def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
         cfg, generator = self.cfg, unwrap(self.modules["generator"])
@@ -427,7 +455,8 @@ def unwrap(module: nn.Module) -> nn.Module:
     return extract_model_from_parallel(module)
 
 
-def _run(mixture: GaussianMixture, cfg: GMMConfig, init: WarmStart | None) -> GMMDistill:
+def _run(mixture: GaussianMixture, cfg: GMMConfig, init: WarmStart | None,
+         resume: str | bool | None = None) -> GMMDistill:
     holder: list[GMMDistill] = []
 
     def build(accelerator) -> GMMDistill:
@@ -435,8 +464,10 @@ def _run(mixture: GaussianMixture, cfg: GMMConfig, init: WarmStart | None) -> GM
         return holder[0]
 
     if cfg.output_dir:
-        train(cfg, build, desc=f"gmm {cfg.objective.divergence}")
+        train(cfg, build, resume, desc=f"gmm {cfg.objective.divergence}")
     else:
+        if resume:
+            raise ValueError(f"resume={resume!r} needs output_dir (the folder of the checkpoints to resume)")
         with tempfile.TemporaryDirectory() as tmp:
             train(dataclasses.replace(cfg, output_dir=tmp), build, desc=f"gmm {cfg.objective.divergence}")
     return holder[0]
@@ -453,12 +484,15 @@ def warm_start(mixture: GaussianMixture, seed: int = 0, **overrides) -> WarmStar
 
 
 def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | None = None, seed: int = 0,
-                progress: bool = False, init: WarmStart | None = None, **overrides) -> GMMResult:
+                progress: bool = False, init: WarmStart | None = None, resume: str | bool | None = None,
+                **overrides) -> GMMResult:
     """Distil a one-step MLP generator onto ``mixture`` with f-divergence ``divergence``.
 
     ``overrides`` set :class:`GMMConfig` fields (``critic_steps=5``, ``drop_modes=(6, 7)``…) or, with an
     ``objective_`` prefix, :class:`ObjectiveConfig` fields (``objective_gan_weight=1e-3``).
     ``init``: a :func:`warm_start` made with the same seed and warm-up settings (else one is made here).
+    ``resume``: ``"latest"`` or a checkpoint folder, with ``output_dir=`` set (checkpoints every
+    ``checkpoint_every`` steps; the resumed run repeats the uninterrupted one bit for bit).
     Returns the (EMA) student's samples (``eval_samples``, D), its mode metrics (with ``init`` metrics,
     the mass on ``drop_modes`` and a :func:`ratio_check` when a discriminator is used), a history
     (every ``eval_every`` steps) and the EMA generator.
@@ -470,7 +504,7 @@ def distill_gmm(mixture: GaussianMixture, divergence: str = "js", steps: int | N
     mismatch = {k: (v, getattr(cfg, k)) for k, v in init.config.items() if getattr(cfg, k) != v}
     if init.seed != seed or mismatch:
         raise ValueError(f"warm start was made with seed {init.seed} and other settings {mismatch} (warm, run)")
-    method = _run(mixture, dataclasses.replace(cfg, seed=seed + 1), init)
+    method = _run(mixture, dataclasses.replace(cfg, seed=seed + 1), init, resume)
     res = method.result
     res.metrics["init"] = init.metrics
     if cfg.drop_modes:
