@@ -7,11 +7,15 @@ Per seed, the ODE-pair warm-up runs once (``<work>/seed<s>/warmup``) and every d
 its checkpoint, which is exactly what an uninterrupted run would compute (resume is bit-exact); the
 warm-up-only student is the regression baseline f-distill must beat. Every model is scored in both
 feature spaces of ``fdistill.eval.FEATURE_SPACES`` (the shipped CNN classifier and ``classifier_b``,
-another architecture and seed), against the teacher sampled in the same run. Resumable: run the same
-command again after a stop; finished runs are only re-scored. The report is rewritten after every run.
+another architecture and seed), against the teacher sampled in the same run. Resumable twice over:
+runs in ``--work`` resume from their checkpoints, and every run already in the report (written after
+each run, atomically, under a file lock: workers on different ``--seeds`` may share one report) is kept and skipped when the report's settings match this command's, so a
+study can be finished over several sessions or machines from the committed report alone (seeds and
+divergences may be added; a report made with other settings is refused, not overwritten).
 
-Writes reports/digits.json (every run, and mean ± std over seeds per model) and
-reports/digits_<model>.png (samples of the first seed).
+Writes reports/digits_divergences.json (every run, and mean ± std over seeds per model) and
+reports/digits_divergences_<model>.png (samples of the first seed). ``reports/digits.json`` is the
+previous study's report (one seed, one feature space, 200 steps).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from fdistill.divergences import get_divergence
 from fdistill.eval import FEATURE_SPACES
@@ -78,7 +83,7 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=2000)
     ap.add_argument("--teacher-steps", type=int, default=18, help="Heun steps of the teacher (NFE = 2N-1)")
     ap.add_argument("--work", default=str(ROOT / "outputs/digits_study"))
-    ap.add_argument("--report", default=str(ROOT / "reports/digits.json"))
+    ap.add_argument("--report", default=str(ROOT / "reports/digits_divergences.json"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. critic_steps=4")
     args = ap.parse_args()
@@ -90,10 +95,24 @@ def main() -> None:
     reports.mkdir(parents=True, exist_ok=True)
     base = load_config(DistillConfig, args.config, args.overrides)
     spaces = tuple(FEATURE_SPACES)
-    report: dict = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "seeds": args.seeds,
-                    "num_samples": args.num_samples, "teacher_steps": args.teacher_steps, "feature_spaces": spaces,
+    config = Path(args.config).resolve()
+    settings = {"config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
+                "overrides": args.overrides, "steps": args.steps, "num_samples": args.num_samples,
+                "teacher_steps": args.teacher_steps, "feature_spaces": list(spaces)}
+    report: dict = {"settings": settings, "seeds": args.seeds,
                     "command": " ".join(["python", "scripts/digits_divergences.py", *sys.argv[1:]]),
                     "models": {}}
+    report_path = Path(args.report)
+    if report_path.is_file():
+        old = json.loads(report_path.read_text())
+        if old.get("settings") != settings:
+            raise SystemExit(f"{report_path} holds a study with other settings ({old.get('settings')}, here "
+                             f"{settings}): pass another --report, or move it away to start over")
+        report["models"] = old["models"]
+        report["seeds"] = sorted(set(old.get("seeds", [])) | set(args.seeds))
+        done = {f"{m} seed {s}" for m, v in old["models"].items() if m != "teacher" for s in v["runs"]}
+        print(f"{report_path}: keeping {len(done)} finished runs ({', '.join(sorted(done)) or 'none'})", flush=True)
+    prefix = report_path.stem
 
     def evaluate(sampler, grid: Path | None) -> dict:
         images, labels, ips = generate(sampler, args.num_samples, 250, seed=1234)
@@ -108,27 +127,46 @@ def main() -> None:
         for space in spaces:
             result["by_features"][space]["fid_vs_teacher"] = (result["by_features"][space]["fid"]
                                                               / teacher["by_features"][space]["fid"])
-        runs = report["models"].setdefault(model, {"runs": {}})["runs"]
-        runs[str(seed)] = result
-        report["models"][model]["summary"] = summarize(runs)
-        write(report, Path(args.report))
+        with FileLock(str(report_path) + ".lock"):  # workers on other seeds may share this report
+            if report_path.is_file():
+                for name, m in json.loads(report_path.read_text())["models"].items():
+                    report["models"].setdefault(name, {"runs": {}})["runs"].update(m["runs"])
+            runs = report["models"].setdefault(model, {"runs": {}})["runs"]
+            runs[str(seed)] = result
+            for m in report["models"].values():
+                if "all" not in m["runs"]:
+                    m["summary"] = summarize(m["runs"])
+            report["seeds"] = sorted({int(s) for name, m in report["models"].items() if name != "teacher"
+                                      for s in m["runs"]})
+            write(report, report_path)
         f = {s: round(result["by_features"][s]["fid"], 4) for s in spaces}
         print(f"{model} seed {seed}: FID {f}", flush=True)
 
-    sampler, nfe = teacher_sampler(args.teacher_steps)
-    teacher = evaluate(sampler, reports / "digits_teacher_samples.png")
-    report["models"]["teacher"] = {"runs": {"all": {**teacher, "nfe": nfe}}}
+    def recorded(model: str, seed: int) -> bool:
+        return str(seed) in report["models"].get(model, {}).get("runs", {})
+
+    if "teacher" not in report["models"]:
+        sampler, nfe = teacher_sampler(args.teacher_steps)
+        teacher = evaluate(sampler, reports / f"{prefix}_teacher.png")
+        report["models"]["teacher"] = {"runs": {"all": {**teacher, "nfe": nfe}}}
+        write(report, report_path)
     for seed in args.seeds:
+        if recorded("ode_regression", seed) and all(recorded(div, seed) for div in args.divergences):
+            continue
         warm = work / f"seed{seed}" / "warmup"
         tic = time.perf_counter()
         distill(load_config(DistillConfig, args.config, [*args.overrides, f"seed={seed}", "steps=0",
                                                           "critic_warmup_steps=0", f"output_dir={warm}",
                                                           f"checkpoint_every={base.warmup.steps}"]), resume="latest")
-        first = seed == args.seeds[0]
-        result = evaluate(student_sampler(warm / "pipeline"), reports / "digits_ode_regression.png" if first else None)
-        record("ode_regression", seed, {**result, "nfe": 1, "train_seconds": time.perf_counter() - tic})
+        first = seed == min(report["seeds"])
+        if not recorded("ode_regression", seed):
+            result = evaluate(student_sampler(warm / "pipeline"), reports / f"{prefix}_ode_regression.png"
+                              if first else None)
+            record("ode_regression", seed, {**result, "nfe": 1, "train_seconds": time.perf_counter() - tic})
         ckpt = latest_checkpoint(warm)
         for div in args.divergences:
+            if recorded(div, seed):
+                continue
             run = work / f"seed{seed}" / div.replace(":", "_")
             if latest_checkpoint(run) is None:  # every divergence starts from this seed's warm-up
                 run.mkdir(parents=True, exist_ok=True)
@@ -137,7 +175,7 @@ def main() -> None:
             distill(load_config(DistillConfig, args.config, [*args.overrides, f"seed={seed}",
                                                               f"objective.divergence={div}", f"steps={args.steps}",
                                                               f"output_dir={run}"]), resume="latest")
-            grid = reports / f"digits_{div.replace(':', '_')}.png" if first else None
+            grid = reports / f"{prefix}_{div.replace(':', '_')}.png" if first else None
             result = evaluate(student_sampler(run / "pipeline"), grid)
             record(div, seed, {**result, "nfe": 1, "distill_steps": args.steps,
                                "train_seconds": time.perf_counter() - tic})
