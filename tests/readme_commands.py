@@ -68,6 +68,8 @@ APPENDED: dict[str, str] = {
         "--repeats 1 --steps 3 --batch-size 4 --divergences reverse_kl jensen_shannon",
     "python scripts/bench_hiar.py": "--repeats 1 --quick",
     "python scripts/bench_video_length.py": "--lengths 12 24 --labels 2 --long 24 --output reports/video_length_smoke.json",
+    "python scripts/bench_video_length.py --student --output reports/video_length_student.json":
+        "--lengths 12 24 --labels 2 --long 24 --output reports/video_length_student_smoke.json",
     "python scripts/bench_hiar.py --device cuda --model medium --repeats 3": "--device cpu --model small --repeats 1 --quick",
     "python scripts/bench_attention.py --device cuda --repeats 5 --frames 6 12 24 --tokens-per-frame 256":
         "--device cpu --repeats 1 --frames 2 --heads 2 --head-dim 16 --tokens-per-frame 8 --frames-per-block 1 "
