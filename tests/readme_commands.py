@@ -30,6 +30,9 @@ INLINE_PREFIXES = ("python scripts/", "fdistill ", "make ", "torchrun ")
 # printed command → arguments appended to it (fewer steps, samples, repeats; the CPU for --device cuda)
 APPENDED: dict[str, str] = {
     "make demo": "DEMO_ARGS='--num-samples 200 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
+    "python scripts/demo_grid.py": "--work outputs/dg_readme --output reports/demo_grid_smoke.json "
+                                   "--settings t_shift=-1.0_critic_steps=1 -- --num-samples 100 steps=2 "
+                                   "warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
     "fdistill train-teacher --config configs/digits_teacher.yaml --resume latest":
         "steps=2 batch_size=8 checkpoint_every=1 output_dir=runs/digits_teacher_cli",
     "scripts/train_teachers.sh digits": "steps=2 batch_size=8 checkpoint_every=1 -- --num-samples 20 --steps 2",
