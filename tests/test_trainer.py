@@ -24,3 +24,14 @@ def test_draw_gives_each_shard_its_rows_of_one_global_batch():
 def test_step_seed_separates_steps_and_updates():
     seeds = {step_seed(s, t, k) for s in range(3) for t in range(50) for k in range(6)}
     assert len(seeds) == 3 * 50 * 6
+
+
+def test_truncate_metrics_drops_rows_after_the_checkpoint_and_a_cut_line(tmp_path):
+    from fdistill.training.checkpoint import read_metrics, truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n{"step": 3, "loss": 0.125}\n{"step": 4, "lo')
+    assert [r["step"] for _, r in read_metrics(path)] == [1, 2, 3]  # the line a kill cut in half is dropped
+    truncate_metrics(path, 2)
+    assert path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n'
+    assert read_metrics(tmp_path / "missing.jsonl") == []

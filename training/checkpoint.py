@@ -30,12 +30,28 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_metrics(path: str | Path, step: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) of a JSONL log, up to ``step`` when given.
+
+    A line a kill cut in half can only be the last one written (the file is append-only): it and
+    anything after it are dropped.
+    """
+    path = Path(path)
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if not line:
+            continue
+        try:
+            rows.append((line, json.loads(line)))
+        except json.JSONDecodeError:
+            break
+    return [(ln, r) for ln, r in rows if step is None or r.get("step", 0) <= step]
+
+
 def truncate_metrics(path: str | Path, step: int) -> None:
     """Drop JSONL log lines written after ``step`` (the checkpoint a run resumes from)."""
-    path = Path(path)
-    if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+    if Path(path).is_file():
+        atomic_write_text(path, "".join(ln + "\n" for ln, _ in read_metrics(path, step)))
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

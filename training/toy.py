@@ -31,7 +31,7 @@ from fdistill.losses import discriminator_loss
 from fdistill.objective import FDistillObjective, ObjectiveConfig
 from fdistill.schedules import EDMSchedule
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, read_metrics, truncate_metrics
 from .trainer import Draw, LoopConfig, Method, Update, train
 
 __all__ = ["GaussianMixture", "GMMConfig", "GMMResult", "WarmStart", "distill_gmm", "log_kde", "mode_metrics",
@@ -409,30 +409,27 @@ class GMMDistill(Method):
 
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
         """History rows live in ``history.jsonl`` too: a resumed run keeps those before its step."""
-        self.history_path = output_dir / "history.jsonl"
+        self.history_path, self.is_main = output_dir / "history.jsonl", is_main
         if self.makes_warm_start:
             return
-        done = step - self.warm - self.critic_warm
         if step > 0 and self.history_path.is_file():
-            rows = []
-            for line in self.history_path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a kill
-                    break
-            self.history = [r for r in rows if r["step"] <= done]
+            done = step - self.warm - self.critic_warm
+            self.history = [row for _, row in read_metrics(self.history_path, done)]
+            if is_main:
+                truncate_metrics(self.history_path, done)
         else:
             self.history = [self._record(0, unwrap(self.modules["generator"]), {})]
-        if is_main:
-            atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in self.history))
+            if is_main:
+                atomic_write_text(self.history_path, json.dumps(self.history[0]) + "\n")
 
     def on_log(self, record: dict, ema: dict[str, Any]) -> None:
         if record["phase"] == "distill":
             logs = {k: v for k, v in record.items() if k not in ("step", "phase", "sec_per_step")}
             step = record["step"] - self.warm - self.critic_warm
             self.history.append(self._record(step, self._ema_generator(ema["ema"]), logs))
-            with self.history_path.open("a") as f:
-                f.write(json.dumps(self.history[-1]) + "\n")
+            if self.is_main:  # on_log runs on every process
+                with self.history_path.open("a") as f:
+                    f.write(json.dumps(self.history[-1]) + "\n")
 
     def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
         cfg, generator = self.cfg, unwrap(self.modules["generator"])
