@@ -25,6 +25,7 @@ from fdistill.eval.fid import FEATURE_SPACES
 from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sampler
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import DIGITS_TEACHER
+from fdistill.training.checkpoint import read_metrics
 from fdistill.training.config import load_config
 from fdistill.training.distill import DistillConfig, distill
 
@@ -51,8 +52,7 @@ def discriminator_summary(metrics_path: Path) -> dict:
     Issue 10's goals for the demo: ``disc`` clearly below ln 4 (the loss of a head at chance) and
     ``h_spread`` (std/mean of the normalised weights h over a batch) ≥ 0.1.
     """
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("phase") == "distill" and "disc" in r]
+    rows = [r for _, r in read_metrics(metrics_path) if r.get("phase") == "distill" and "disc" in r]
     if not rows:
         return {}
     tail = rows[len(rows) - max(1, len(rows) // 4):]

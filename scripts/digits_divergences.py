@@ -8,10 +8,11 @@ its checkpoint, which is exactly what an uninterrupted run would compute (resume
 warm-up-only student is the regression baseline f-distill must beat. Every model is scored in both
 feature spaces of ``fdistill.eval.FEATURE_SPACES`` (the shipped CNN classifier and ``classifier_b``,
 another architecture and seed), against the teacher sampled in the same run. Resumable twice over:
-runs in ``--work`` resume from their checkpoints, and every run already in the report (written after
-each run, atomically, under a file lock: workers on different ``--seeds`` may share one report) is kept and skipped when the report's settings match this command's, so a
-study can be finished over several sessions or machines from the committed report alone (seeds and
-divergences may be added; a report made with other settings is refused, not overwritten).
+runs in ``--work`` resume from their checkpoints, and every run already in the report is kept and
+skipped when the report's settings match this command's, so a study can be finished over several
+sessions or machines from the committed report alone (seeds and divergences may be added; a report
+made with other settings is refused, not overwritten). The report is written after each run,
+atomically, under a file lock: workers on different ``--seeds`` may share one report.
 
 Writes reports/digits_divergences.json (every run, and mean ± std over seeds per model) and
 reports/digits_divergences_<model>.png (samples of the first seed). ``reports/digits.json`` is the
