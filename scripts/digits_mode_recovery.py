@@ -1,18 +1,23 @@
 """Mode recovery on digits: does distribution matching bring back classes the warm start lost?
 
-    .venv/bin/python scripts/digits_mode_recovery.py [--drop-classes 3 8] [--divergences reverse_kl ...]
-        [--seeds 0 1 2] [--steps 300] [--eval-every 50] [--num-samples 1000] [key=value ...]
+    .venv/bin/python scripts/digits_mode_recovery.py [--drop-classes 3 8] [--drop-mode replace|remove]
+        [--divergences reverse_kl ...] [--seeds 0 1 2] [--steps 300] [--eval-every 50] [--num-samples 1000]
+        [key=value ...]
 
 Per seed: an *unconditional* one-step student (``data.unconditional=true``: the teacher's null label
-everywhere) is warm-started on the teacher's unconditional ODE pairs from which every pair the digits
-classifier reads as one of ``--drop-classes`` was removed (``warmup.drop_classes``), then distilled
-toward the full unconditional teacher with each divergence, from that same warm start. Every
+everywhere) is warm-started on the teacher's unconditional ODE pairs without ``--drop-classes``
+(``warmup.drop_classes``, read by the digits classifier), then distilled toward the full unconditional
+teacher with each divergence, from that same warm start. ``--drop-mode remove`` leaves those pairs out
+(the student then still draws the classes from the noise it never saw: it generalises the teacher's
+map); ``replace`` (the default) keeps every noise and swaps each such target for the class-conditional
+teacher's sample of the best-ranked kept class from the same noise, so no noise leads to them. Every
 ``--eval-every`` generator steps the student samples ``--num-samples`` images and the classifier says
 which share of them are the dropped classes (the data has 10% per class, so 20% for two; the
 teacher's own unconditional share is measured too). Training runs in segments that resume bit-exactly,
 so the curve is that of one uninterrupted run. Resumable: run the same command again after a stop.
 
-Writes reports/digits_mode_recovery.json (every curve, mean ± std over seeds) and prints a table.
+Writes reports/digits_mode_recovery_<drop-mode>.json (every curve, mean ± std over seeds, the class
+histogram of the warm-start targets) and prints a table.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from fdistill.divergences import get_divergence
 from fdistill.models.classifier import load_digits_classifier
@@ -75,6 +81,8 @@ def summarize(curves: list[list[dict]]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--drop-classes", type=int, nargs="+", default=[3, 8])
+    ap.add_argument("--drop-mode", choices=["replace", "remove"], default="replace",
+                    help="how the warm-start pairs lose the classes (warmup.drop_mode)")
     ap.add_argument("--divergences", nargs="+", default=["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300, help="f-distill generator steps after the warm start")
@@ -82,8 +90,8 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--teacher-steps", type=int, default=18, help="Heun steps of the teacher's reference samples")
     ap.add_argument("--config", default=str(ROOT / "configs/digits_js.yaml"))
-    ap.add_argument("--work", default=str(ROOT / "outputs/digits_mode_recovery"))
-    ap.add_argument("--report", default=str(ROOT / "reports/digits_mode_recovery.json"))
+    ap.add_argument("--work", default=None, help="default: outputs/digits_mode_recovery_<drop-mode>")
+    ap.add_argument("--report", default=None, help="default: reports/digits_mode_recovery_<drop-mode>.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. critic_steps=1")
     args = ap.parse_args()
@@ -91,14 +99,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.eval_every < 1:
         raise SystemExit(f"--steps and --eval-every must be >= 1, got {args.steps}, {args.eval_every}")
+    args.work = args.work or str(ROOT / f"outputs/digits_mode_recovery_{args.drop_mode}")
+    args.report = args.report or str(ROOT / f"reports/digits_mode_recovery_{args.drop_mode}.json")
     work, drop = Path(args.work), sorted(set(args.drop_classes))
-    common = [*args.overrides, "data.unconditional=true", f"warmup.drop_classes=[{','.join(map(str, drop))}]"]
+    common = [*args.overrides, "data.unconditional=true", f"warmup.drop_classes=[{','.join(map(str, drop))}]",
+              f"warmup.drop_mode={args.drop_mode}"]
     base = load_config(DistillConfig, args.config, common)  # bad values stop here, before any work
     for div in args.divergences:
         get_divergence(div)  # names the valid ones (catches overrides swallowed by --divergences, too)
     marks = list(range(args.eval_every, args.steps, args.eval_every)) + [args.steps]
     share, hist = dropped_share(teacher_images(args.num_samples, args.teacher_steps, 1234), drop)
-    report: dict = {"drop_classes": drop, "data_share": len(drop) / 10, "teacher_share": share,
+    report: dict = {"drop_classes": drop, "drop_mode": args.drop_mode, "data_share": len(drop) / 10,
+                    "teacher_share": share, "warm_start": {},
                     "teacher_histogram": hist, "config": args.config, "overrides": args.overrides,
                     "steps": args.steps, "num_samples": args.num_samples, "seeds": args.seeds, "runs": {},
                     "command": " ".join(["python", "scripts/digits_mode_recovery.py", *sys.argv[1:]])}
@@ -109,6 +121,11 @@ def main() -> None:
                                                           f"checkpoint_every={base.warmup.steps}", f"output_dir={warm}"]),
                 resume="latest")
         start_share, start_hist = dropped_share(student_images(warm / "pipeline", args.num_samples, 1234), drop)
+        pairs = load_file(str(warm / "ode_pairs.safetensors"))["x"]
+        report["warm_start"][str(seed)] = {"pairs_histogram": dropped_share(pairs, drop)[1],
+                                           "dropped_share": start_share, "histogram": start_hist}
+        print(f"seed {seed} warm start: targets by class {report['warm_start'][str(seed)]['pairs_histogram']}, "
+              f"dropped share of its samples {start_share:.3f}", flush=True)
         ckpt = latest_checkpoint(warm)
         for div in args.divergences:
             run = work / f"seed{seed}" / div.replace(":", "_")

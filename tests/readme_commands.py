@@ -58,8 +58,8 @@ APPENDED: dict[str, str] = {
     "python scripts/digits_divergences.py":
         "warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 --steps 1 --num-samples 100 "
         "--teacher-steps 2 --seeds 0 --divergences reverse_kl --report reports/digits_smoke.json",
-    "python scripts/digits_mode_recovery.py --seeds 0 1 --divergences reverse_kl jensen_shannon forward_kl "
-    "--steps 200 --eval-every 50":
+    "python scripts/digits_mode_recovery.py --drop-mode remove --seeds 0 1 --divergences reverse_kl "
+    "jensen_shannon forward_kl --steps 200 --eval-every 50":
         "--num-samples 20 --teacher-steps 2 --steps 2 --eval-every 1 "
         "warmup.steps=2 warmup.ode_pairs=64 warmup.ode_steps=2 critic_warmup_steps=1 batch_size=8 "
         "--work outputs/mr_readme --report reports/mr_smoke.json --divergences reverse_kl --seeds 0",

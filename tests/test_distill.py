@@ -249,3 +249,37 @@ def test_unconditional_student_and_pairs_without_dropped_classes(tiny_digits_tea
 def test_drop_classes_are_checked_at_the_door(tiny_digits_teacher, tmp_path):
     with pytest.raises(ValueError, match=r"warmup.drop_classes \[10\].*0\.\.9"):
         tiny_config(tiny_digits_teacher, tmp_path, warmup__drop_classes=[3, 10])
+    with pytest.raises(ValueError, match=r"warmup.drop_mode 'swap' is not one of \('remove', 'replace'\)"):
+        tiny_config(tiny_digits_teacher, tmp_path, warmup__drop_classes=[3], warmup__drop_mode="swap")
+    with pytest.raises(ValueError, match="leaves no digit class"):
+        tiny_config(tiny_digits_teacher, tmp_path, warmup__drop_classes=list(range(10)))
+
+
+def test_replaced_pairs_keep_every_noise_and_no_dropped_target(tiny_digits_teacher, tmp_path):
+    """warmup.drop_mode=replace: same noise as the full pairs, dropped targets redrawn with a kept class."""
+    from fdistill.models.classifier import load_digits_classifier
+    from fdistill.training.sources import load_teacher_for, ode_pairs, unconditional
+
+    cpu = torch.device("cpu")
+    classifier = load_digits_classifier()
+
+    def classes(x):
+        with torch.no_grad():
+            return classifier(x.clamp(-1, 1)).argmax(1)
+
+    full_cfg = tiny_config(tiny_digits_teacher, tmp_path / "a", data__unconditional=True, warmup__ode_pairs=40)
+    teacher = unconditional(load_teacher_for(full_cfg.teacher, 1.0, cpu, []), cpu)
+    z0, _, x0 = ode_pairs(teacher, full_cfg.warmup, 0, cpu, None, batch_size=16)
+    read = classes(x0)
+    drop = sorted(set(read.mode().values.view(1).tolist()) | {int(read[0])})  # classes this random teacher makes
+    hit = torch.isin(read, torch.tensor(drop))
+    cfg = tiny_config(tiny_digits_teacher, tmp_path / "b", data__unconditional=True, warmup__ode_pairs=40,
+                      warmup__drop_classes=drop, warmup__drop_mode="replace")
+    z, c, x = ode_pairs(teacher, cfg.warmup, 0, cpu, None, batch_size=16)
+    assert len(z) == 40 and (c == teacher.denoiser.num_classes).all()
+    assert hit.any() and not torch.isin(classes(x), torch.tensor(drop)).any()
+    torch.testing.assert_close(x[~hit], x0[~hit])  # targets of kept classes are untouched, with their noise
+    torch.testing.assert_close(z[~hit], z0[~hit])
+    same_noise = (z == z0).flatten(1).all(1) & hit  # redrawn from their own noise (this random teacher barely
+    assert same_noise.any()                          # reads its label, so a few need a fresh pair instead)
+    assert ((x - x0).flatten(1).abs().amax(1)[same_noise] > 0.01).all()

@@ -16,6 +16,7 @@ from .trainer import PRECISIONS, LoopConfig  # noqa: F401  (PRECISIONS: public n
 TEACHER_KINDS = ("asset", "pipeline")
 DATA_NAMES = ("digits", "teacher_samples")
 FEATURE_SOURCES = ("teacher", "fake")
+DROP_MODES = ("remove", "replace")
 SD_FOLDERS = ("unet", "scheduler", "text_encoder", "tokenizer")
 """Subfolders of the SD1.x/2.x-style pipeline folders that ``teacher.kind=pipeline`` reads (``vae`` optional)."""
 
@@ -114,9 +115,12 @@ class DataSpec:
 class WarmupSpec:
     """Regression on ``ode_pairs`` teacher ODE pairs (``ode_steps`` reference steps) for ``steps`` steps.
 
-    ``drop_classes``: digit classes left out of the pairs (a pair goes when the shipped digits
-    classifier reads its teacher sample as one of them): a warm start that has lost those modes,
-    for mode-recovery studies. Digits teachers only.
+    ``drop_classes``: digit classes left out of the pairs, read by the shipped digits classifier on
+    the teacher's samples, for mode-recovery studies (digits teachers only). ``drop_mode`` says how:
+    ``remove`` drops those pairs (the student still sees their noise nowhere, but may generalise to
+    it), ``replace`` keeps their noise and swaps the target for the class-conditional teacher's sample
+    from the same noise with the best-ranked kept class (the next one if that still reads as
+    dropped), so every noise has a target and no target is a dropped class.
     """
 
     steps: int = 0
@@ -125,11 +129,16 @@ class WarmupSpec:
     lr: float = 1e-3
     batch_size: int = 128
     drop_classes: list[int] = field(default_factory=list)
+    drop_mode: str = "remove"
 
     def __post_init__(self):
         bad = [c for c in self.drop_classes if not isinstance(c, int) or not 0 <= c <= 9]
         if bad:
             raise ValueError(f"warmup.drop_classes {bad} are not digit classes (valid: 0..9)")
+        if self.drop_mode not in DROP_MODES:
+            raise ValueError(f"warmup.drop_mode {self.drop_mode!r} is not one of {DROP_MODES}")
+        if len(set(self.drop_classes)) > 9:
+            raise ValueError(f"warmup.drop_classes {self.drop_classes} leaves no digit class to keep")
 
 
 @dataclass

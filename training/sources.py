@@ -146,7 +146,9 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
         if d["z"].shape[0] == spec.ode_pairs:
             return d["z"].to(device), d["c"].to(device), d["x"].to(device)
     g = torch.Generator().manual_seed(seed + 777)
-    if spec.drop_classes:
+    if spec.drop_classes and spec.drop_mode == "replace":
+        z, c, x = _pairs_replaced(teacher, spec, batch_size, g, device)
+    elif spec.drop_classes:
         z, c, x = _pairs_without(teacher, spec, batch_size, g, device)
     else:
         z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
@@ -157,6 +159,41 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
         tmp.replace(cache)
     return z, c, x
 
+
+
+@torch.no_grad()
+def _pairs_replaced(teacher: Teacher, spec: WarmupSpec, batch_size: int, g: torch.Generator,
+                    device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``spec.ode_pairs`` teacher pairs; a target read as one of ``drop_classes`` is redrawn from the same noise.
+
+    The redraw is the class-conditional teacher's sample for the kept class the classifier ranks highest
+    on the original target, then the next-ranked kept class for targets that still read as dropped; the
+    condition stays the one the student is trained with (the null label for an unconditional student).
+    A noise that no kept class leads away from the dropped ones is replaced by a fresh pair that avoids them.
+    """
+    from fdistill.models.classifier import load_digits_classifier
+
+    classifier = load_digits_classifier(device=device)
+    den = teacher.denoiser
+    drop = torch.tensor(sorted(set(spec.drop_classes)), device=device)
+    z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
+
+    def logits(images: Tensor) -> Tensor:
+        return torch.cat([classifier(b.float().clamp(-1, 1)) for b in images.split(batch_size)])
+
+    first = logits(x)
+    todo = torch.isin(first.argmax(1), drop).nonzero().flatten()
+    ranked = first.index_fill(1, drop, float("-inf")).argsort(1, descending=True)  # kept classes first
+    for rank in range(10 - len(drop)):
+        if len(todo) == 0:
+            break
+        for part in todo.split(batch_size):
+            labels = ranked[part, rank]
+            x[part] = den.schedule.sample(lambda xt, t, y=labels: den(xt, t, y), z[part], spec.ode_steps)
+        todo = todo[torch.isin(logits(x[todo]).argmax(1), drop)]
+    if len(todo):  # no kept class leads this noise away from the dropped ones: a fresh pair takes its place
+        z[todo], c[todo], x[todo] = _pairs_without(teacher, replace(spec, ode_pairs=len(todo)), batch_size, g, device)
+    return z, c, x
 
 
 def _pairs_without(teacher: Teacher, spec: WarmupSpec, batch_size: int, g: torch.Generator,
