@@ -68,6 +68,11 @@ APPENDED: dict[str, str] = {
         "--num-samples 20 --teacher-steps 2 --steps 2 --eval-every 1 "
         "warmup.steps=2 warmup.ode_pairs=64 warmup.ode_steps=2 critic_warmup_steps=1 batch_size=8 "
         "--work outputs/mr_readme_replace --report reports/mr_smoke.json --divergences reverse_kl --seeds 0",
+    "python scripts/digits_mode_recovery.py --seeds 0 --divergences reverse_kl jensen_shannon forward_kl "
+    "--steps 400 --eval-every 200 --report reports/digits_mode_recovery_replace_400.json":
+        "--num-samples 20 --teacher-steps 2 --steps 2 --eval-every 1 "
+        "warmup.steps=2 warmup.ode_pairs=64 warmup.ode_steps=2 critic_warmup_steps=1 batch_size=8 "
+        "--work outputs/mr_readme_replace --report reports/mr_smoke.json --divergences reverse_kl",
     "python scripts/gmm_divergences.py": "--quick --out reports/gmm_quick --divergences reverse_kl,forward_kl "
                                          "--no-diagnostics",
     "python scripts/gmm_narrow_modes.py": "--quick --divergences reverse_kl,forward_kl --settings baseline "
