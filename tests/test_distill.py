@@ -246,6 +246,21 @@ def test_unconditional_student_and_pairs_without_dropped_classes(tiny_digits_tea
     assert (out / "checkpoint-2").is_dir()
 
 
+def test_ode_pair_cache_is_remade_when_its_settings_change(tiny_digits_teacher, tmp_path):
+    from fdistill.training.sources import load_teacher_for, ode_pairs, unconditional
+
+    cpu, cache = torch.device("cpu"), tmp_path / "ode_pairs.safetensors"
+    cfg = tiny_config(tiny_digits_teacher, tmp_path / "a", data__unconditional=True, warmup__ode_pairs=16)
+    teacher = unconditional(load_teacher_for(cfg.teacher, 1.0, cpu, []), cpu)
+    _, _, x = ode_pairs(teacher, cfg.warmup, 0, cpu, cache, batch_size=16)
+    _, _, again = ode_pairs(teacher, cfg.warmup, 0, cpu, cache, batch_size=16)
+    torch.testing.assert_close(again, x)  # same settings: the cache
+    _, _, other_seed = ode_pairs(teacher, cfg.warmup, 1, cpu, cache, batch_size=16)
+    assert (other_seed - x).abs().amax() > 0.01  # same count, other seed: remade, not the stale pairs
+    _, _, back = ode_pairs(teacher, cfg.warmup, 0, cpu, cache, batch_size=16)
+    torch.testing.assert_close(back, x)
+
+
 def test_drop_classes_are_checked_at_the_door(tiny_digits_teacher, tmp_path):
     with pytest.raises(ValueError, match=r"warmup.drop_classes \[10\].*0\.\.9"):
         tiny_config(tiny_digits_teacher, tmp_path, warmup__drop_classes=[3, 10])

@@ -138,12 +138,22 @@ class RealData:
 
 def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.device, cache: Path | None,
               batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
-    """(z, condition, teacher sample) triples from the teacher's reference sampler; cached on disk."""
+    """(z, condition, teacher sample) triples from the teacher's reference sampler; cached on disk.
+
+    The cache records what made it (seed, pair count, steps, dropped classes and how); a cache made
+    with other settings is remade, not reused. A cache from before that record is reused when its
+    pair count matches.
+    """
+    from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
+    made_by = json.dumps({"seed": seed, "ode_pairs": spec.ode_pairs, "ode_steps": spec.ode_steps,
+                          "drop_classes": sorted(set(spec.drop_classes)), "drop_mode": spec.drop_mode}, sort_keys=True)
     if cache is not None and cache.is_file():
+        with safe_open(str(cache), "pt") as f:
+            recorded = (f.metadata() or {}).get("made_by")
         d = load_file(str(cache))
-        if d["z"].shape[0] == spec.ode_pairs:
+        if recorded == made_by or (recorded is None and d["z"].shape[0] == spec.ode_pairs):
             return d["z"].to(device), d["c"].to(device), d["x"].to(device)
     g = torch.Generator().manual_seed(seed + 777)
     if spec.drop_classes and spec.drop_mode == "replace":
@@ -155,7 +165,8 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.tmp")
-        save_file({"z": z.cpu().contiguous(), "c": c.cpu().contiguous(), "x": x.cpu().contiguous()}, str(tmp))
+        save_file({"z": z.cpu().contiguous(), "c": c.cpu().contiguous(), "x": x.cpu().contiguous()}, str(tmp),
+                  metadata={"made_by": made_by})
         tmp.replace(cache)
     return z, c, x
 
