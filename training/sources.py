@@ -145,16 +145,16 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
     pair count matches.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     made_by = json.dumps({"seed": seed, "ode_pairs": spec.ode_pairs, "ode_steps": spec.ode_steps,
                           "drop_classes": sorted(set(spec.drop_classes)), "drop_mode": spec.drop_mode}, sort_keys=True)
     if cache is not None and cache.is_file():
-        with safe_open(str(cache), "pt") as f:
+        with safe_open(str(cache), "pt") as f:  # one open: the record first, the tensors only when they fit
             recorded = (f.metadata() or {}).get("made_by")
-        d = load_file(str(cache))
-        if recorded == made_by or (recorded is None and d["z"].shape[0] == spec.ode_pairs):
-            return d["z"].to(device), d["c"].to(device), d["x"].to(device)
+            if recorded == made_by or (recorded is None and f.get_slice("z").get_shape()[0] == spec.ode_pairs):
+                z, c, x = (f.get_tensor(k).to(device) for k in ("z", "c", "x"))
+                return z, c, x
     g = torch.Generator().manual_seed(seed + 777)
     if spec.drop_classes and spec.drop_mode == "replace":
         z, c, x = _pairs_replaced(teacher, spec, batch_size, g, device)
@@ -169,7 +169,6 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
                   metadata={"made_by": made_by})
         tmp.replace(cache)
     return z, c, x
-
 
 
 @torch.no_grad()
