@@ -37,7 +37,7 @@ from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sample
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
 from fdistill.training.checkpoint import latest_checkpoint
-from fdistill.training.config import load_config
+from fdistill.training.config import load_config, parse_args_with_overrides
 from fdistill.training.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--report", default=str(ROOT / "reports/digits_divergences.json"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. critic_steps=4")
-    args = ap.parse_args()
+    args = parse_args_with_overrides(ap)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     for div in args.divergences:

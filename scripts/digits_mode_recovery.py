@@ -37,8 +37,8 @@ from fdistill.models.classifier import load_digits_classifier
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
 from fdistill.training.checkpoint import latest_checkpoint
-from fdistill.training.config import load_config
-from fdistill.training.distill import DistillConfig, distill
+from fdistill.training.config import load_config, parse_args_with_overrides
+from fdistill.training.distill import ODE_PAIRS_FILE, DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def main() -> None:
     ap.add_argument("--report", default=None, help="default: reports/digits_mode_recovery_<drop-mode>.json")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. critic_steps=1")
-    args = ap.parse_args()
+    args = parse_args_with_overrides(ap)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.eval_every < 1:
@@ -106,7 +106,7 @@ def main() -> None:
               f"warmup.drop_mode={args.drop_mode}"]
     base = load_config(DistillConfig, args.config, common)  # bad values stop here, before any work
     for div in args.divergences:
-        get_divergence(div)  # names the valid ones (catches overrides swallowed by --divergences, too)
+        get_divergence(div)  # names the valid ones before any work
     marks = list(range(args.eval_every, args.steps, args.eval_every)) + [args.steps]
     share, hist = dropped_share(teacher_images(args.num_samples, args.teacher_steps, 1234), drop)
     report: dict = {"drop_classes": drop, "drop_mode": args.drop_mode, "data_share": len(drop) / 10,
@@ -121,7 +121,7 @@ def main() -> None:
                                                           f"checkpoint_every={base.warmup.steps}", f"output_dir={warm}"]),
                 resume="latest")
         start_share, start_hist = dropped_share(student_images(warm / "pipeline", args.num_samples, 1234), drop)
-        pairs = load_file(str(warm / "ode_pairs.safetensors"))["x"]
+        pairs = load_file(str(warm / ODE_PAIRS_FILE))["x"]
         report["warm_start"][str(seed)] = {"pairs_histogram": dropped_share(pairs, drop)[1],
                                            "dropped_share": start_share, "histogram": start_hist}
         print(f"seed {seed} warm start: targets by class {report['warm_start'][str(seed)]['pairs_histogram']}, "

@@ -92,3 +92,26 @@ def test_yaml11_boolean_words_in_overrides_keep_their_meaning():
     assert data == {"mixed_precision": "no", "export": "no"}
     cfg = build(DistillConfig, data)
     assert cfg.mixed_precision == "no" and cfg.export is False
+
+
+def test_overrides_after_a_list_option_stay_overrides():
+    # argparse alone gives `steps=500` to --seeds (and fails on int('steps=500')); a one-value option keeps its value
+    import argparse
+
+    from fdistill.training.config import parse_args_with_overrides
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--divergences", nargs="+", default=["reverse_kl"])
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--dry", action="store_true")
+    ap.add_argument("overrides", nargs="*")
+    args = parse_args_with_overrides(ap, ["--seeds", "1", "2", "steps=500", "--divergences", "forward_kl",
+                                          "alpha:1.5", "optim.lr=1e-5", "--config", "a=b.yaml", "--dry", "seed=3"])
+    assert args.seeds == [1, 2] and args.divergences == ["forward_kl", "alpha:1.5"] and args.dry
+    assert args.config == "a=b.yaml" and args.overrides == ["steps=500", "optim.lr=1e-5", "seed=3"]
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--seeds", "1", "steps=500"])
+    args = parse_args_with_overrides(ap, ["steps=1", "--seeds", "4", "lr=2", "--", "x=1"])
+    assert args.seeds == [4] and args.overrides == ["steps=1", "lr=2", "x=1"]
+    assert parse_args_with_overrides(ap, ["--seeds", "5"]).overrides == []

@@ -8,7 +8,9 @@ ones; each dataclass validates its values in ``__post_init__``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -127,6 +129,30 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     return build(cls, apply_overrides(data, overrides))
+
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=")
+
+
+def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args`` for a parser whose ``key=value`` overrides are a positional list.
+
+    argparse gives every word after a list option (``--seeds 0 1``) to that list, so
+    ``--seeds 0 1 steps=500`` would read ``steps=500`` as a seed. Here a ``key=value`` word goes to the
+    overrides wherever it stands, unless it is the value of an option that takes exactly one.
+    """
+    import sys
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    takes_one = {s for a in parser._actions if a.option_strings and a.nargs is None for s in a.option_strings}
+    end = words.index("--") if "--" in words else len(words)  # after a `--` every word is positional already
+    kept, moved = [], []
+    for i, word in enumerate(words[:end]):
+        if _OVERRIDE.match(word) and not (i and words[i - 1] in takes_one):
+            moved.append(word)
+        else:
+            kept.append(word)
+    return parser.parse_args([*kept, "--", *moved, *words[end + 1:]])
 
 
 def _type_name(tp: Any) -> str:

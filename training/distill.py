@@ -31,8 +31,10 @@ from .matching import DistributionMatching
 from .sources import RealData, Teacher, load_teacher_for, ode_pairs, unconditional
 from .trainer import Draw, Update, train
 
-__all__ = ["DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator", "OptimSpec",
-           "TeacherSpec", "WarmupSpec", "distill", "distill_from_cli", "export_student"]
+__all__ = ["ODE_PAIRS_FILE", "DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator",
+           "OptimSpec", "TeacherSpec", "WarmupSpec", "distill", "distill_from_cli", "export_student"]
+
+ODE_PAIRS_FILE = "ode_pairs.safetensors"  # the warm-up's teacher pairs, cached in the output dir
 
 
 class OneStepGenerator(nn.Module):
@@ -87,7 +89,7 @@ class FDistill(DistributionMatching):
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
         if step < self.config.warmup.steps:
             self.pairs = ode_pairs(self.teacher, self.config.warmup, self.config.seed, self.device,
-                                   output_dir / "ode_pairs.safetensors" if is_main else None)
+                                   output_dir / ODE_PAIRS_FILE if is_main else None)
 
     def phase(self, step: int) -> str:
         w = self.config.warmup.steps
