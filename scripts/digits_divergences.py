@@ -14,7 +14,8 @@ sessions or machines from the committed report alone (seeds and divergences may 
 made with other settings is refused, not overwritten). The report is written after each run,
 atomically, under a file lock: workers on different ``--seeds`` may share one report.
 
-Writes reports/digits_divergences.json (every run, and mean ± std over seeds per model) and
+Writes reports/digits_divergences.json (every run, mean ± std over seeds per model, and each model's FID
+minus reverse-KL's on the same seed: the seeds share a warm-up, so the paired difference is the ranking) and
 reports/digits_divergences_<model>.png (samples of the first seed). ``reports/digits.json`` is the
 previous study's report (one seed, one feature space, 200 steps).
 """
@@ -72,6 +73,28 @@ def summarize(runs: dict[str, dict]) -> dict:
             vals = torch.tensor([r["by_features"][space][key] for r in runs.values()], dtype=torch.float64)
             out.setdefault(space, {})[key] = {"mean": float(vals.mean()),
                                               "std": float(vals.std()) if len(vals) > 1 else 0.0}
+    return out
+
+
+def paired(report: dict, base: str = "reverse_kl") -> dict:
+    """Per model, FID minus ``base``'s FID on the same seed (same warm-up), mean ± std over the shared seeds.
+
+    Every divergence of a seed starts from that seed's warm-up, so the seed's share of the FID cancels
+    in the difference; a mean difference of several standard errors is a ranking, the unpaired
+    mean ± std above mostly measures how far seeds move FID.
+    """
+    ref = report["models"].get(base, {}).get("runs", {})
+    out: dict = {}
+    for name, m in report["models"].items():
+        seeds = sorted(set(m["runs"]) & set(ref), key=int)
+        if name in ("teacher", base) or not seeds:
+            continue
+        out[name] = {"seeds": [int(s) for s in seeds]}
+        for space in FEATURE_SPACES:
+            d = torch.tensor([m["runs"][s]["by_features"][space]["fid"] - ref[s]["by_features"][space]["fid"]
+                              for s in seeds], dtype=torch.float64)
+            out[name][space] = {"mean": float(d.mean()), "std": float(d.std()) if len(d) > 1 else 0.0,
+                                "per_seed": [float(x) for x in d]}
     return out
 
 
@@ -139,6 +162,7 @@ def main() -> None:
                     m["summary"] = summarize(m["runs"])
             report["seeds"] = sorted({int(s) for name, m in report["models"].items() if name != "teacher"
                                       for s in m["runs"]})
+            report["fid_minus_reverse_kl"] = paired(report)
             write(report, report_path)
         f = {s: round(result["by_features"][s]["fid"], 4) for s in spaces}
         print(f"{model} seed {seed}: FID {f}", flush=True)
@@ -194,13 +218,18 @@ def print_table(report: dict, spaces: tuple[str, ...]) -> None:
         for s in spaces:
             if "summary" in m:
                 v = m["summary"][s]
-                cells += [f"{v['fid']['mean']:.3f} ± {v['fid']['std']:.3f}",
+                cells += [f"{v['fid']['mean']:.3f}" + (f" ± {v['fid']['std']:.3f}" if len(runs) > 1 else ""),
                           f"{v['precision']['mean']:.3f} / {v['recall']['mean']:.3f}",
                           f"{v['fid_vs_teacher']['mean']:.2f}×"]
             else:
                 v = runs[0]["by_features"][s]
                 cells += [f"{v['fid']:.3f}", f"{v['precision']:.3f} / {v['recall']:.3f}", "1.00×"]
         print(f"| {name} | {runs[0]['nfe']} | {len(runs) if 'summary' in m else '-'} | {' | '.join(cells)} |")
+    print(f"\n| model − reverse-KL, same seed | seeds | {' | '.join(f'ΔFID ({s})' for s in spaces)} |")
+    print("|---|---|" + "---|" * len(spaces))
+    for name, d in paired(report).items():
+        cells = [f"{d[s]['mean']:+.3f}" + (f" ± {d[s]['std']:.3f}" if len(d["seeds"]) > 1 else "") for s in spaces]
+        print(f"| {name} | {len(d['seeds'])} | {' | '.join(cells)} |")
 
 
 def write(report: dict, path: Path) -> None:

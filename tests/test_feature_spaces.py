@@ -116,3 +116,20 @@ def test_demo_measures_the_teacher_in_spaces_its_record_lacks(tiny_digits_teache
     record["metrics"]["by_features"] = measured["by_features"]
     asset.with_suffix(".json").write_text(json.dumps(record))
     assert demo.teacher_record(None) == record["metrics"]  # a complete record is used as it is
+
+
+def test_divergence_study_pairs_each_model_with_reverse_kl_on_the_same_seed():
+    spec = importlib.util.spec_from_file_location("digits_divergences", EVAL_TEACHER.parent / "digits_divergences.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
+    def runs(fids):  # seed -> FID in every space
+        return {"runs": {s: {"by_features": {sp: {"fid": f} for sp in FEATURE_SPACES}} for s, f in fids.items()}}
+
+    report = {"models": {"teacher": runs({"all": 1.0}), "reverse_kl": runs({"0": 1.2, "1": 1.6, "2": 1.4}),
+                         "forward_kl": runs({"0": 1.1, "1": 1.4}), "jensen_shannon": runs({"5": 1.0})}}
+    out = study.paired(report)
+    assert set(out) == {"forward_kl"} and out["forward_kl"]["seeds"] == [0, 1]  # no shared seed: no row
+    d = out["forward_kl"][next(iter(FEATURE_SPACES))]
+    assert d["per_seed"] == pytest.approx([-0.1, -0.2]) and d["mean"] == pytest.approx(-0.15)
+    assert d["std"] == pytest.approx(0.0707107, rel=1e-5)
