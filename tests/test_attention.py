@@ -145,3 +145,23 @@ def test_importing_the_kernels_does_not_import_triton():
 
     code = "import sys, fdistill.kernels; assert 'triton' not in sys.modules, 'triton imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_checkout_root_on_sys_path_does_not_hide_an_installed_kernels_package(tmp_path):
+    # `python -m …` from the checkout puts its root on sys.path, where kernels/ (fdistill.kernels) would
+    # shadow Hugging Face's `kernels`, which diffusers/transformers import when it is installed
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fake = tmp_path / "site" / "kernels"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("MARK = 'installed kernels'\n")
+    root = Path(__file__).resolve().parent.parent
+    code = ("import kernels, fdistill.kernels as ours\n"
+            "print(kernels.MARK, ours.block_causal_attention.__module__)\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["installed", "kernels", "fdistill.kernels.attention"]
