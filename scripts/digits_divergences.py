@@ -208,7 +208,12 @@ def main() -> None:
 
 
 def print_table(report: dict, spaces: tuple[str, ...]) -> None:
-    """The README's markdown table: mean ± std over seeds per model and feature space."""
+    """The README's markdown tables: mean ± std over seeds per model and feature space, then the paired differences.
+
+    FIDs get 3 decimals, or 4 in a space where the teacher's FID is below 0.3 (classifier_b's are near 0.04).
+    """
+    teacher = report["models"]["teacher"]["runs"]["all"]["by_features"]
+    dec = {s: 3 if teacher[s]["fid"] >= 0.3 else 4 for s in spaces}
     head = " | ".join(f"FID ({s}) | P / R ({s}) | FID / teacher ({s})" for s in spaces)
     print(f"\n| model | NFE | seeds | {head} |")
     print("|---|---|---|" + "---|" * 3 * len(spaces))
@@ -218,17 +223,18 @@ def print_table(report: dict, spaces: tuple[str, ...]) -> None:
         for s in spaces:
             if "summary" in m:
                 v = m["summary"][s]
-                cells += [f"{v['fid']['mean']:.3f}" + (f" ± {v['fid']['std']:.3f}" if len(runs) > 1 else ""),
+                cells += [f"{v['fid']['mean']:.{dec[s]}f}" + (f" ± {v['fid']['std']:.{dec[s]}f}" if len(runs) > 1 else ""),
                           f"{v['precision']['mean']:.3f} / {v['recall']['mean']:.3f}",
                           f"{v['fid_vs_teacher']['mean']:.2f}×"]
             else:
                 v = runs[0]["by_features"][s]
-                cells += [f"{v['fid']:.3f}", f"{v['precision']:.3f} / {v['recall']:.3f}", "1.00×"]
+                cells += [f"{v['fid']:.{dec[s]}f}", f"{v['precision']:.3f} / {v['recall']:.3f}", "1.00×"]
         print(f"| {name} | {runs[0]['nfe']} | {len(runs) if 'summary' in m else '-'} | {' | '.join(cells)} |")
     print(f"\n| model − reverse-KL, same seed | seeds | {' | '.join(f'ΔFID ({s})' for s in spaces)} |")
     print("|---|---|" + "---|" * len(spaces))
     for name, d in paired(report).items():
-        cells = [f"{d[s]['mean']:+.3f}" + (f" ± {d[s]['std']:.3f}" if len(d["seeds"]) > 1 else "") for s in spaces]
+        cells = [f"{d[s]['mean']:+.{dec[s]}f}" + (f" ± {d[s]['std']:.{dec[s]}f}" if len(d["seeds"]) > 1 else "")
+                 for s in spaces]
         print(f"| {name} | {len(d['seeds'])} | {' | '.join(cells)} |")
 
 
