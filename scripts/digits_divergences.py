@@ -43,6 +43,8 @@ from fdistill.training.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("fid", "precision", "recall")
+LABELS = {"teacher": "teacher (Heun)", "ode_regression": "ODE-pair regression only", "reverse_kl": "reverse-KL",
+          "jensen_shannon": "Jensen–Shannon", "forward_kl": "forward-KL"}  # others print as named
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 10) -> None:
@@ -229,13 +231,13 @@ def print_table(report: dict, spaces: tuple[str, ...]) -> None:
             else:
                 v = runs[0]["by_features"][s]
                 cells += [f"{v['fid']:.{dec[s]}f}", f"{v['precision']:.3f} / {v['recall']:.3f}", "1.00×"]
-        print(f"| {name} | {runs[0]['nfe']} | {len(runs) if 'summary' in m else '-'} | {' | '.join(cells)} |")
+        print(f"| {LABELS.get(name, name)} | {runs[0]['nfe']} | {len(runs) if 'summary' in m else '-'} | {' | '.join(cells)} |")
     print(f"\n| model − reverse-KL, same seed | seeds | {' | '.join(f'ΔFID ({s})' for s in spaces)} |")
     print("|---|---|" + "---|" * len(spaces))
     for name, d in paired(report).items():
         cells = [f"{d[s]['mean']:+.{dec[s]}f}" + (f" ± {d[s]['std']:.{dec[s]}f}" if len(d["seeds"]) > 1 else "")
                  for s in spaces]
-        print(f"| {name} | {len(d['seeds'])} | {' | '.join(cells)} |")
+        print(f"| {LABELS.get(name, name)} | {len(d['seeds'])} | {' | '.join(cells)} |")
 
 
 def write(report: dict, path: Path) -> None:
