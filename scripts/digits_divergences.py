@@ -100,6 +100,17 @@ def paired(report: dict, base: str = "reverse_kl") -> dict:
     return out
 
 
+def study_command(report: dict) -> str:
+    """The one command that reproduces every run of ``report``, whichever workers each ran a part of it."""
+    s = report["settings"]
+    divs = [m for m in report["models"] if m not in ("teacher", "ode_regression")]
+    parts = ["python", "scripts/digits_divergences.py", "--divergences", *divs,
+             "--seeds", *(str(x) for x in report["seeds"]), "--steps", str(s["steps"]),
+             "--num-samples", str(s["num_samples"]), "--teacher-steps", str(s["teacher_steps"]),
+             "--config", s["config"], *s["overrides"]]
+    return " ".join(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--divergences", nargs="+", default=["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"])
@@ -125,9 +136,8 @@ def main() -> None:
     settings = {"config": str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config),
                 "overrides": args.overrides, "steps": args.steps, "num_samples": args.num_samples,
                 "teacher_steps": args.teacher_steps, "feature_spaces": list(spaces)}
-    report: dict = {"settings": settings, "seeds": args.seeds,
-                    "command": " ".join(["python", "scripts/digits_divergences.py", *sys.argv[1:]]),
-                    "models": {}}
+    command = " ".join(["python", "scripts/digits_divergences.py", *sys.argv[1:]])  # this worker's
+    report: dict = {"settings": settings, "seeds": args.seeds, "command": command, "models": {}}
     report_path = Path(args.report)
     if report_path.is_file():
         old = json.loads(report_path.read_text())
@@ -165,6 +175,7 @@ def main() -> None:
             report["seeds"] = sorted({int(s) for name, m in report["models"].items() if name != "teacher"
                                       for s in m["runs"]})
             report["fid_minus_reverse_kl"] = paired(report)
+            report["command"] = study_command(report)
             write(report, report_path)
         f = {s: round(result["by_features"][s]["fid"], 4) for s in spaces}
         print(f"{model} seed {seed}: FID {f}", flush=True)
@@ -189,7 +200,8 @@ def main() -> None:
         if not recorded("ode_regression", seed):
             result = evaluate(student_sampler(warm / "pipeline"), reports / f"{prefix}_ode_regression.png"
                               if first else None)
-            record("ode_regression", seed, {**result, "nfe": 1, "train_seconds": time.perf_counter() - tic})
+            record("ode_regression", seed, {**result, "nfe": 1, "train_seconds": time.perf_counter() - tic,
+                                            "command": command})
         ckpt = latest_checkpoint(warm)
         for div in args.divergences:
             if recorded(div, seed):
@@ -205,7 +217,12 @@ def main() -> None:
             grid = reports / f"{prefix}_{div.replace(':', '_')}.png" if first else None
             result = evaluate(student_sampler(run / "pipeline"), grid)
             record(div, seed, {**result, "nfe": 1, "distill_steps": args.steps,
-                               "train_seconds": time.perf_counter() - tic})
+                               "train_seconds": time.perf_counter() - tic, "command": command})
+    with FileLock(str(report_path) + ".lock"):  # a report finished by several workers names the whole study
+        report = json.loads(report_path.read_text())
+        if report.get("command") != study_command(report):
+            report["command"] = study_command(report)
+            write(report, report_path)
     print_table(report, spaces)
 
 

@@ -133,3 +133,25 @@ def test_divergence_study_pairs_each_model_with_reverse_kl_on_the_same_seed():
     d = out["forward_kl"][next(iter(FEATURE_SPACES))]
     assert d["per_seed"] == pytest.approx([-0.1, -0.2]) and d["mean"] == pytest.approx(-0.15)
     assert d["std"] == pytest.approx(0.0707107, rel=1e-5)
+
+
+def test_divergence_study_command_names_every_run_whichever_worker_made_it():
+    spec = importlib.util.spec_from_file_location("digits_divergences", EVAL_TEACHER.parent / "digits_divergences.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    report = {"settings": {"config": "configs/digits_js.yaml", "overrides": ["critic_steps=4"], "steps": 7,
+                           "num_samples": 30, "teacher_steps": 2, "feature_spaces": list(FEATURE_SPACES)},
+              "seeds": [1, 2], "models": {"teacher": {}, "ode_regression": {}, "reverse_kl": {}, "alpha:1.5": {}}}
+    cmd = study.study_command(report).split()
+    assert cmd[:2] == ["python", "scripts/digits_divergences.py"] and cmd[-1] == "critic_steps=4"
+    ap = __import__("argparse").ArgumentParser()
+    ap.add_argument("--divergences", nargs="+")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    for opt in ("--steps", "--num-samples", "--teacher-steps"):
+        ap.add_argument(opt, type=int)
+    ap.add_argument("--config")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(cmd[2:])
+    assert args.divergences == ["reverse_kl", "alpha:1.5"] and args.seeds == [1, 2]
+    assert (args.steps, args.num_samples, args.teacher_steps) == (7, 30, 2)
+    assert args.config == "configs/digits_js.yaml" and args.overrides == ["critic_steps=4"]
