@@ -111,7 +111,7 @@ def study_command(report: dict) -> str:
     return " ".join(parts)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--divergences", nargs="+", default=["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -123,7 +123,11 @@ def main() -> None:
     ap.add_argument("--report", default=str(ROOT / "reports/digits_divergences.json"))
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. critic_steps=4")
-    args = parse_args_with_overrides(ap)
+    return ap
+
+
+def main() -> None:
+    args = parse_args_with_overrides(build_parser())
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     for div in args.divergences:
@@ -218,12 +222,18 @@ def main() -> None:
             result = evaluate(student_sampler(run / "pipeline"), grid)
             record(div, seed, {**result, "nfe": 1, "distill_steps": args.steps,
                                "train_seconds": time.perf_counter() - tic, "command": command})
-    with FileLock(str(report_path) + ".lock"):  # a report finished by several workers names the whole study
+    with FileLock(str(report_path) + ".lock"):  # every worker's runs; a report of older code gets the study's command
         report = json.loads(report_path.read_text())
-        if report.get("command") != study_command(report):
-            report["command"] = study_command(report)
+        whole = study_command(report)
+        if report.get("command") != whole:
+            report["command"] = whole
             write(report, report_path)
     print_table(report, spaces)
+
+
+def _mean_std(mean: float, std: float, n: int, decimals: int, sign: str = "") -> str:
+    """``mean ± std`` at ``decimals``; the mean alone for one seed."""
+    return f"{mean:{sign}.{decimals}f}" + (f" ± {std:.{decimals}f}" if n > 1 else "")
 
 
 def print_table(report: dict, spaces: tuple[str, ...]) -> None:
@@ -242,7 +252,7 @@ def print_table(report: dict, spaces: tuple[str, ...]) -> None:
         for s in spaces:
             if "summary" in m:
                 v = m["summary"][s]
-                cells += [f"{v['fid']['mean']:.{dec[s]}f}" + (f" ± {v['fid']['std']:.{dec[s]}f}" if len(runs) > 1 else ""),
+                cells += [_mean_std(v["fid"]["mean"], v["fid"]["std"], len(runs), dec[s]),
                           f"{v['precision']['mean']:.3f} / {v['recall']['mean']:.3f}",
                           f"{v['fid_vs_teacher']['mean']:.2f}×"]
             else:
@@ -252,8 +262,7 @@ def print_table(report: dict, spaces: tuple[str, ...]) -> None:
     print(f"\n| model − reverse-KL, same seed | seeds | {' | '.join(f'ΔFID ({s})' for s in spaces)} |")
     print("|---|---|" + "---|" * len(spaces))
     for name, d in paired(report).items():
-        cells = [f"{d[s]['mean']:+.{dec[s]}f}" + (f" ± {d[s]['std']:.{dec[s]}f}" if len(d["seeds"]) > 1 else "")
-                 for s in spaces]
+        cells = [_mean_std(d[s]["mean"], d[s]["std"], len(d["seeds"]), dec[s], sign="+") for s in spaces]
         print(f"| {LABELS.get(name, name)} | {len(d['seeds'])} | {' | '.join(cells)} |")
 
 

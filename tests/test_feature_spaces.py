@@ -25,6 +25,14 @@ from fdistill.models.classifier import (
 EVAL_TEACHER = Path(__file__).resolve().parents[1] / "scripts" / "eval_teacher.py"
 
 
+def load_script(name: str):
+    """A script of scripts/ as a module (scripts/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, EVAL_TEACHER.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_second_classifier_ships_with_its_own_arch_and_is_accurate():
     a, b = load_digits_classifier(), load_digits_classifier(default_classifier_path(ASSET_NAME_B))
     assert type(a) is DigitsClassifier and type(b) is ResidualDigitsClassifier and b.arch == "resnet"
@@ -86,9 +94,7 @@ def test_eval_teacher_update_record_adds_both_spaces_and_keeps_the_rest(tiny_dig
     asset = tmp_path / "digits_teacher.safetensors"
     export_teacher_asset(tiny_digits_teacher, asset, metrics={"steps": 2, "train_wall_s": 1.0})
     weights = asset.read_bytes()
-    spec = importlib.util.spec_from_file_location("eval_teacher", EVAL_TEACHER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("eval_teacher")
     module.main(["digits", "--run", str(asset), "--update-record", "--num-samples", "20", "--steps", "2",
                  "--threads", "1", "--reports", str(tmp_path / "reports")])
     metrics = json.loads(asset.with_suffix(".json").read_text())["metrics"]
@@ -106,9 +112,7 @@ def test_demo_measures_the_teacher_in_spaces_its_record_lacks(tiny_digits_teache
     asset = tmp_path / "digits_teacher.safetensors"
     export_teacher_asset(tiny_digits_teacher, asset, metrics={"fid_classifier_features": 1.0, "num_samples": 10})
     monkeypatch.syspath_prepend(str(EVAL_TEACHER.parent))  # as when scripts/demo.py runs as a script
-    spec = importlib.util.spec_from_file_location("demo", EVAL_TEACHER.parent / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("demo")
     monkeypatch.setattr(demo, "DIGITS_TEACHER", asset)
     measured = demo.teacher_record(None)
     assert set(measured["by_features"]) == set(FEATURE_SPACES) and measured["num_samples"] == 10
@@ -119,9 +123,7 @@ def test_demo_measures_the_teacher_in_spaces_its_record_lacks(tiny_digits_teache
 
 
 def test_divergence_study_pairs_each_model_with_reverse_kl_on_the_same_seed():
-    spec = importlib.util.spec_from_file_location("digits_divergences", EVAL_TEACHER.parent / "digits_divergences.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_script("digits_divergences")
 
     def runs(fids):  # seed -> FID in every space
         return {"runs": {s: {"by_features": {sp: {"fid": f} for sp in FEATURE_SPACES}} for s, f in fids.items()}}
@@ -136,22 +138,15 @@ def test_divergence_study_pairs_each_model_with_reverse_kl_on_the_same_seed():
 
 
 def test_divergence_study_command_names_every_run_whichever_worker_made_it():
-    spec = importlib.util.spec_from_file_location("digits_divergences", EVAL_TEACHER.parent / "digits_divergences.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    from fdistill.training.config import parse_args_with_overrides
+
+    study = load_script("digits_divergences")
     report = {"settings": {"config": "configs/digits_js.yaml", "overrides": ["critic_steps=4"], "steps": 7,
                            "num_samples": 30, "teacher_steps": 2, "feature_spaces": list(FEATURE_SPACES)},
               "seeds": [1, 2], "models": {"teacher": {}, "ode_regression": {}, "reverse_kl": {}, "alpha:1.5": {}}}
     cmd = study.study_command(report).split()
     assert cmd[:2] == ["python", "scripts/digits_divergences.py"] and cmd[-1] == "critic_steps=4"
-    ap = __import__("argparse").ArgumentParser()
-    ap.add_argument("--divergences", nargs="+")
-    ap.add_argument("--seeds", type=int, nargs="+")
-    for opt in ("--steps", "--num-samples", "--teacher-steps"):
-        ap.add_argument(opt, type=int)
-    ap.add_argument("--config")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(cmd[2:])
+    args = parse_args_with_overrides(study.build_parser(), cmd[2:])  # the script's own parser reads it back
     assert args.divergences == ["reverse_kl", "alpha:1.5"] and args.seeds == [1, 2]
     assert (args.steps, args.num_samples, args.teacher_steps) == (7, 30, 2)
     assert args.config == "configs/digits_js.yaml" and args.overrides == ["critic_steps=4"]

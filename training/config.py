@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -141,8 +142,6 @@ def parse_args_with_overrides(parser: argparse.ArgumentParser, argv: Sequence[st
     ``--seeds 0 1 steps=500`` would read ``steps=500`` as a seed. Here a ``key=value`` word goes to the
     overrides wherever it stands, unless it is the value of an option that takes exactly one.
     """
-    import sys
-
     words = list(sys.argv[1:] if argv is None else argv)
     takes_one = {s for a in parser._actions if a.option_strings and a.nargs is None for s in a.option_strings}
     end = words.index("--") if "--" in words else len(words)  # after a `--` every word is positional already
