@@ -113,11 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    ok = False
     try:
         args.fn(args)
+        ok = True
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"fdistill {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: leave no process group to the exit
+            from fdistill.training.distributed import end_process_group
+
+            end_process_group(success=ok)
     return 0
 
 

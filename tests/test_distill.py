@@ -140,6 +140,7 @@ sys.path.insert(0, {tests!r})
 from conftest import TINY_UNET
 from fdistill.training.config import build
 from fdistill.training.distill import DistillConfig, distill
+from fdistill.training.distributed import end_process_group
 from fdistill.training.teacher import TeacherConfig, train_teacher
 from fdistill.density_ratio import RatioNormalizer, normalize_weights
 import torch.distributed as dist
@@ -152,6 +153,7 @@ norm = RatioNormalizer(num_bins=2, decay=0.0)
 norm.update(torch.tensor([1.0 + rank * 2]), torch.tensor([0.1]))
 h = normalize_weights(torch.tensor([1.0 + rank]))
 print(f"RANK{{rank}} ema={{norm.ema.tolist()}} h={{h.item():.6f}}", flush=True)
+end_process_group()
 """
 
 
@@ -178,7 +180,7 @@ def test_two_cpu_processes_match_one_process(tiny_digits_teacher, tmp_path):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--standalone", str(script)], capture_output=True, text=True, env=env,
                          timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stdout[-1000:] + res.stderr[-3000:]
     # all-reduced statistics: both ranks see the mean of r over ranks (1 and 3 → 2) and the global mean of h
     assert "RANK0 ema=[2.0, 1.0] h=0.666667" in res.stdout and "RANK1 ema=[2.0, 1.0] h=1.333333" in res.stdout
     assert (two / "distill" / "pipeline" / "model_index.json").is_file()
