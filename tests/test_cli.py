@@ -117,7 +117,6 @@ def test_overrides_after_a_list_option_stay_overrides():
     assert parse_args_with_overrides(ap, ["--seeds", "5"]).overrides == []
 
 
-
 @pytest.mark.parametrize("fails", [False, True])
 def test_the_command_ends_its_process_group(tmp_path, monkeypatch, fails, capsys):
     """Under torchrun the command leaves no process group to the interpreter's exit, which sometimes
