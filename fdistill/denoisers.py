@@ -45,7 +45,9 @@ class Denoiser(nn.Module):
         guidance_scale: default CFG weight w (1 = no guidance).
         null_condition: unconditional input for CFG: an int class label, or a tensor (1, ...) that
             is expanded to the batch (an empty-prompt embedding).
-        feature_modules: names of submodules (``model.named_modules()``) whose outputs are tapped.
+        feature_modules: names of submodules (``model.named_modules()``) whose outputs are tapped. A model
+            with a ``feature_root`` (a family's wrapped denoiser) names them relative to it and reads each
+            output with its ``feature_map`` (transformer tokens laid out as maps).
     """
 
     def __init__(
@@ -64,7 +66,7 @@ class Denoiser(nn.Module):
         self._features: dict[str, Tensor] = {}
         self._taps = []
         self.feature_modules = list(feature_modules)
-        modules = dict(model.named_modules())
+        modules = dict(getattr(model, "feature_root", model).named_modules())
         missing = [n for n in self.feature_modules if n not in modules]
         if missing:
             sample = ", ".join(n for n in list(modules)[1:12])
@@ -73,8 +75,13 @@ class Denoiser(nn.Module):
             self._taps.append(modules[name].register_forward_hook(self._tap(name)))
 
     def _tap(self, name: str):
+        read = getattr(self.model, "feature_map", None)
+
         def hook(module, args, output):
-            self._features[name] = output[0] if isinstance(output, tuple) else output
+            if read is not None:
+                self._features[name] = read(output)
+            else:
+                self._features[name] = output[0] if isinstance(output, tuple) else output
 
         return hook
 

@@ -27,6 +27,9 @@ from pathlib import Path
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 INLINE_PREFIXES = ("python scripts/", "fdistill ", "make ", "torchrun ")
 
+TINY_FAMILY_RUN = ("data.num_samples=4 data.sample_steps=2 warmup.steps=1 warmup.ode_pairs=4 warmup.ode_steps=2 "
+                   "warmup.batch_size=2 steps=1 batch_size=2 critic_steps=1 checkpoint_every=10")
+
 # printed command → arguments appended to it (fewer steps, samples, repeats; the CPU for --device cuda)
 APPENDED: dict[str, str] = {
     "make demo": "DEMO_ARGS='--num-samples 200 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
@@ -39,6 +42,10 @@ APPENDED: dict[str, str] = {
     "fdistill distill --config configs/digits_js.yaml objective.divergence=forward_kl steps=400 --resume latest":
         "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
     "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100",
+    "fdistill distill teacher.kind=pipeline teacher.path=outputs/tiny/sd3 data.name=teacher_samples "
+    "'data.prompts=[a cat, a red car]' output_dir=outputs/sd3_student": TINY_FAMILY_RUN,
+    "fdistill distill teacher.kind=pipeline teacher.path=outputs/tiny/dit data.name=teacher_samples "
+    "output_dir=outputs/dit_student": TINY_FAMILY_RUN,
     "python scripts/eval_hiar_student.py --student hierarchical_rkl_reg=fdistill/assets/hiar_student.safetensors "
     "--bidirectional-teacher": "--seeds 1 --frames 12 24 --classes 2 --output reports/hiar_student_smoke.json",
     "fdistill distill-video --config configs/moving_digits_hiar.yaml --resume latest":

@@ -38,16 +38,21 @@ ODE_PAIRS_FILE = "ode_pairs.safetensors"  # the warm-up's teacher pairs, cached 
 
 
 class OneStepGenerator(nn.Module):
-    """G(z, c) = x̂0(prior(z), t_gen, c) of a network initialised from the teacher."""
+    """G(z, c) = x̂0(x_T, t_gen, c) of a network initialised from the teacher.
 
-    def __init__(self, denoiser: Denoiser, t_gen: float):
+    x_T = ``input_scale``·z when given (what the exported stock pipeline feeds its denoiser at one step),
+    else the schedule's prior at t_gen.
+    """
+
+    def __init__(self, denoiser: Denoiser, t_gen: float, input_scale: float | None = None):
         super().__init__()
-        self.denoiser, self.t_gen = denoiser, t_gen
+        self.denoiser, self.t_gen, self.input_scale = denoiser, t_gen, input_scale
 
     def forward(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
         s = self.denoiser.schedule
         t = torch.full((z.shape[0],), self.t_gen, device=z.device)
-        return self.denoiser(s.prior(z), t, condition, guidance_scale=1.0)
+        x_T = s.prior(z) if self.input_scale is None else self.input_scale * z
+        return self.denoiser(x_T, t, condition, guidance_scale=1.0)
 
 
 class FDistill(DistributionMatching):
@@ -63,15 +68,16 @@ class FDistill(DistributionMatching):
     def __init__(self, config: DistillConfig, device: torch.device):
         self.config = c = config
         obj_cfg = c.objective
-        teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data.prompts)
+        teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data.prompts, c.data.resolution)
         self.teacher = teacher = unconditional(teacher, device) if c.data.unconditional else teacher
         self.schedule = teacher.denoiser.schedule
         den_t = teacher.denoiser
         tap_fake = c.teacher.feature_source == "fake"
+        t_gen = self.schedule.t_max if teacher.student_t is None else teacher.student_t
         student = OneStepGenerator(Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule,
-                                            den_t.condition_key), self.schedule.t_max).to(device)
+                                            den_t.condition_key), t_gen, teacher.student_scale).to(device)
         fake = Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule, den_t.condition_key,
-                        feature_modules=c.teacher.feature_modules if tap_fake else ()).to(device)
+                        feature_modules=den_t.feature_modules if tap_fake else ()).to(device)
         disc = None
         if obj_cfg.needs_discriminator:
             probe_g = torch.Generator().manual_seed(c.seed)
@@ -150,7 +156,8 @@ def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
 
 
 def export_student(student: nn.Module, ema, schedule: NoiseSchedule, teacher: Teacher, path: Path):
-    """Save the EMA student as an :class:`~fdistill.pipelines.FDistillPipeline` folder."""
+    """Save the EMA student: a pipeline teacher's own pipeline class and layout (the stock one-step call
+    runs it), or an :class:`~fdistill.pipelines.FDistillPipeline` folder for fdistill's own asset teachers."""
     from accelerate.utils import extract_model_from_parallel
 
     from fdistill.pipelines import export_pipeline
@@ -159,6 +166,8 @@ def export_student(student: nn.Module, ema, schedule: NoiseSchedule, teacher: Te
     unet = copy.deepcopy(student.denoiser.model).cpu()
     ema.copy_to(unet.parameters())
     comps = teacher.components
+    if "family" in comps:
+        return comps["family"].export(unet.model.eval(), path)
     return export_pipeline(unet.eval(), schedule, path, vae=comps.get("vae"), text_encoder=comps.get("text_encoder"),
                            tokenizer=comps.get("tokenizer"), student_t=student.t_gen)
 

@@ -17,8 +17,6 @@ TEACHER_KINDS = ("asset", "pipeline")
 DATA_NAMES = ("digits", "teacher_samples")
 FEATURE_SOURCES = ("teacher", "fake")
 DROP_MODES = ("remove", "replace")
-SD_FOLDERS = ("unet", "scheduler", "text_encoder", "tokenizer")
-"""Subfolders of the SD1.x/2.x-style pipeline folders that ``teacher.kind=pipeline`` reads (``vae`` optional)."""
 
 
 def _pipeline_class(root: Path) -> str:
@@ -28,12 +26,14 @@ def _pipeline_class(root: Path) -> str:
     return f" (model_index.json: {name})" if name else ""
 
 
-def check_teacher_path(kind: str, path: str) -> None:
+def check_teacher_path(kind: str, path: str):
     """Refuse a ``teacher.path`` that ``teacher.kind`` cannot read, naming the setting to change.
 
-    Reads only folder names and json files: unsupported teachers (SDXL, transformer models) stop
-    here, before any model is imported or an output folder is made.
+    Reads only folder names and json files, so unsupported teachers stop here, before any model is
+    imported or an output folder is made. Returns the family adapter class for ``pipeline`` folders.
     """
+    from fdistill.families import family_for
+
     root = Path(path)
     if kind == "asset":
         if root.is_dir() and ((root / "model_index.json").is_file() or (root / "unet").is_dir()):
@@ -43,37 +43,26 @@ def check_teacher_path(kind: str, path: str) -> None:
         if root.is_dir() and not (root / "teacher.json").is_file():
             raise ValueError(f"teacher.path {path!r} is a folder without teacher.json: teacher.kind=asset reads a "
                              "teacher asset .safetensors or a train-teacher output folder")
-        return
+        return None
     if not root.is_dir():
         raise ValueError(f"teacher.path {path!r} is a file: teacher.kind=pipeline reads a diffusers pipeline "
                          "folder; set teacher.kind=asset for a teacher asset")
-    unet_config = root / "unet" / "config.json"
-    addition = json.loads(unet_config.read_text()).get("addition_embed_type") if unet_config.is_file() else None
-    if (root / "text_encoder_2").is_dir() or addition is not None:
-        found = "text_encoder_2/" if (root / "text_encoder_2").is_dir() else f"unet addition_embed_type={addition!r}"
-        raise ValueError(f"teacher.path {path!r} is an SDXL-style pipeline{_pipeline_class(root)}, with {found}: "
-                         "SDXL-style teachers are not supported yet; teacher.kind=pipeline reads SD1.x/2.x-style "
-                         f"folders ({', '.join(SD_FOLDERS)}, optional vae)")
-    if (root / "transformer").is_dir() and not (root / "unet").is_dir():
-        raise ValueError(f"teacher.path {path!r} holds a transformer and no unet{_pipeline_class(root)}: "
-                         "transformer teachers (DiT, PixArt, SD3, Flux, Wan) are not supported yet; "
-                         f"teacher.kind=pipeline reads SD1.x/2.x-style folders ({', '.join(SD_FOLDERS)}, optional vae)")
-    missing = [sub for sub in SD_FOLDERS if not (root / sub).is_dir()]
-    if missing:
-        raise ValueError(f"teacher.path {path!r} has no {', '.join(missing)} folder{'s' if len(missing) > 1 else ''}"
-                         f"{_pipeline_class(root)}: teacher.kind=pipeline reads SD1.x/2.x-style folders "
-                         f"({', '.join(SD_FOLDERS)}, optional vae)")
+    return family_for(root)
 
 
 @dataclass
 class TeacherSpec:
     """Where the teacher comes from: a shipped/trained teacher asset (``asset``, default: the digits
-    teacher) or a diffusers pipeline folder with ``unet``/``scheduler`` [``vae``/``text_encoder``/
-    ``tokenizer``] (``pipeline``: SD1.5-shaped, loaded from a local path)."""
+    teacher) or a diffusers pipeline folder (``pipeline``: SD1.x/2.x, SDXL, SD3, Flux, PixArt or DiT,
+    loaded from a local path through its family's adapter, :mod:`fdistill.families`).
+
+    ``feature_modules``: the teacher submodules the discriminator reads (None: ``mid_block`` for UNets,
+    the middle transformer block for transformers).
+    """
 
     kind: str = "asset"
     path: str | None = None
-    feature_modules: list[str] = field(default_factory=lambda: ["mid_block"])
+    feature_modules: list[str] | None = None
     feature_source: str = "teacher"
 
     def __post_init__(self):
@@ -85,8 +74,7 @@ class TeacherSpec:
             raise ValueError("teacher.kind 'pipeline' needs teacher.path (a local diffusers pipeline folder)")
         if self.path is not None and not Path(self.path).exists():
             raise ValueError(f"teacher.path {self.path!r} does not exist")
-        if self.path is not None:
-            check_teacher_path(self.kind, self.path)
+        self.family = check_teacher_path(self.kind, self.path) if self.path is not None else None
 
 
 @dataclass
@@ -95,7 +83,9 @@ class DataSpec:
 
     ``digits``: the embedded digits (labels 0–9). ``teacher_samples``: a pool of ``num_samples``
     teacher samples (``sample_steps`` reference steps) for teachers without a dataset at hand,
-    conditioned on ``prompts`` for text models. ``unconditional``: the student, the real samples and
+    conditioned on ``prompts`` for text models (class-conditional pipelines: every class).
+    ``resolution``: the square image size in pixels a pipeline teacher's student is trained at
+    (None: the pipeline's default size). ``unconditional``: the student, the real samples and
     the teacher all take the teacher's null condition (its classifier-free-guidance input), so the
     student learns the teacher's unconditional distribution.
     """
@@ -105,10 +95,13 @@ class DataSpec:
     sample_steps: int = 18
     prompts: list[str] = field(default_factory=list)
     unconditional: bool = False
+    resolution: int | None = None
 
     def __post_init__(self):
         if self.name not in DATA_NAMES:
             raise ValueError(f"data.name {self.name!r} is not one of {DATA_NAMES}")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"data.resolution must be a positive number of pixels, got {self.resolution}")
 
 
 @dataclass
@@ -185,9 +178,15 @@ class DistillConfig(LoopConfig):
         if self.teacher.kind == "pipeline" and self.data.name == "digits":
             raise ValueError("data.name 'digits' gives real digits for the digits teacher; a pipeline teacher "
                              "needs data.name=teacher_samples (real samples drawn from the teacher)")
-        if self.teacher.kind == "pipeline" and not self.data.prompts:
-            raise ValueError("teacher.kind=pipeline is text-conditioned: set data.prompts, e.g. "
-                             "data.prompts='[a photo of a cat, a red car]'")
+        family = self.teacher.family
+        if family is not None and family.conditioning == "text" and not self.data.prompts:
+            raise ValueError(f"teacher.path is a {family.label} pipeline, which is text-conditioned: set data.prompts, "
+                             "e.g. data.prompts='[a photo of a cat, a red car]'")
+        if family is not None and family.conditioning != "text" and self.data.prompts:
+            raise ValueError(f"teacher.path is a {family.label} pipeline, which is class-conditional: remove "
+                             "data.prompts (its student learns every class)")
+        if self.data.resolution is not None and self.teacher.kind != "pipeline":
+            raise ValueError("data.resolution sets a pipeline teacher's image size; an asset teacher has one size")
         if self.warmup.drop_classes and self.teacher.kind != "asset":
             raise ValueError(f"warmup.drop_classes {self.warmup.drop_classes} reads teacher samples with the digits "
                              f"classifier: it needs a digits teacher (teacher.kind=asset), not {self.teacher.kind!r}")

@@ -17,21 +17,31 @@ from .distill_config import DistillConfig, TeacherSpec, WarmupSpec
 
 @dataclass
 class Teacher:
-    """Everything the trainer needs from a teacher."""
+    """Everything the trainer needs from a teacher.
+
+    ``student_t`` / ``student_scale``: the one-step student maps ε to x̂0(student_scale·ε, student_t), the
+    input its stock pipeline feeds it (None: the schedule's prior at t_max). ``identity`` names the
+    teacher and its conditions for caches.
+    """
 
     denoiser: Denoiser
     sample_shape: tuple[int, ...]
-    conditions: Any  # draw(batch, generator) -> condition tensor (labels or prompt embeddings)
-    components: dict[str, Any] = field(default_factory=dict)  # vae / text_encoder / tokenizer to export
+    conditions: Any  # draw(batch, generator) -> condition tensor (labels or packed prompt conditions)
+    components: dict[str, Any] = field(default_factory=dict)  # "family": the adapter that exports the student
+    student_t: float | None = None
+    student_scale: float | None = None
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
-def load_teacher_for(spec: TeacherSpec, guidance_scale: float, device: torch.device, prompts: list[str]) -> Teacher:
+def load_teacher_for(spec: TeacherSpec, guidance_scale: float, device: torch.device, prompts: list[str],
+                     resolution: int | None = None) -> Teacher:
     """Build the frozen teacher Denoiser and the condition sampler for ``spec``."""
+    identity = {"kind": spec.kind, "path": spec.path, "guidance_scale": guidance_scale}
     if spec.kind == "asset":
         from fdistill.teachers import load_digits_teacher
 
-        den = load_digits_teacher(spec.path, guidance_scale=guidance_scale, feature_modules=spec.feature_modules,
-                                  device=device)
+        den = load_digits_teacher(spec.path, guidance_scale=guidance_scale,
+                                  feature_modules=spec.feature_modules or ["mid_block"], device=device)
         cfg = den.model.config
         num_classes = den.num_classes
 
@@ -39,46 +49,29 @@ def load_teacher_for(spec: TeacherSpec, guidance_scale: float, device: torch.dev
             return torch.randint(num_classes, (batch,), generator=g).to(device)
 
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)[0]
-        return Teacher(den, (cfg.in_channels, size, size), draw)
-    return _load_pipeline_teacher(spec, guidance_scale, device, prompts)
+        return Teacher(den, (cfg.in_channels, size, size), draw, identity=identity)
+    return _load_pipeline_teacher(spec, guidance_scale, device, prompts, resolution, identity)
 
 
-def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: torch.device,
-                           prompts: list[str]) -> Teacher:
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
+def _load_pipeline_teacher(spec: TeacherSpec, guidance_scale: float, device: torch.device, prompts: list[str],
+                           resolution: int | None, identity: dict[str, Any]) -> Teacher:
+    """A diffusers pipeline folder through its family's adapter (:mod:`fdistill.families`)."""
+    from fdistill.families import FamilyNet, load_family
 
-    from fdistill.schedules import schedule_from_scheduler
-
-    root = Path(spec.path)  # its layout was checked with the config (check_teacher_path)
-    if not prompts:
-        raise ValueError("a text-conditioned teacher needs data.prompts")
-    sched_cfg = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
-    scheduler = getattr(diffusers, sched_cfg["_class_name"]).from_pretrained(root, subfolder="scheduler")
-    schedule = schedule_from_scheduler(scheduler)  # refuses what it cannot read before the models load
-    unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet").to(device).requires_grad_(False)
-    text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder").to(device).requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-    vae = AutoencoderKL.from_pretrained(root, subfolder="vae") if (root / "vae").is_dir() else None
-
-    @torch.no_grad()
-    def encode(texts: list[str]) -> Tensor:
-        ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        return text_encoder(ids)[0]
-
-    table, null = encode(prompts), encode([""])
-    den = Denoiser(unet, schedule, "encoder_hidden_states", guidance_scale, null,
-                   spec.feature_modules).eval()
+    family = load_family(spec.path, device, None if resolution is None else (resolution, resolution), guidance_scale)
+    items = prompts if family.conditioning == "text" else list(range(family.num_classes))
+    table = family.conditions(items).to(device)
+    null = family.null_condition().to(device)
+    cfg = guidance_scale if family.guidance == "cfg" else 1.0  # embedded guidance goes into the network
+    features = spec.feature_modules if spec.feature_modules is not None else family.feature_modules()
+    den = Denoiser(FamilyNet(family.model, family), family.schedule, "condition", cfg, null, features).eval()
 
     def draw(batch: int, g: torch.Generator) -> Tensor:
-        return table[torch.randint(len(prompts), (batch,), generator=g).to(device)]
+        return table[torch.randint(len(table), (batch,), generator=g).to(device)]
 
-    size = unet.config.sample_size
-    size = size if isinstance(size, int) else tuple(size)[0]
-    return Teacher(den, (unet.config.in_channels, size, size), draw,
-                   {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler})
+    one = family.one_step()
+    identity.update(family=family.name, conditions=items, resolution=[family.height, family.width])
+    return Teacher(den, family.sample_shape, draw, {"family": family}, one.t, one.scale, identity)
 
 
 def unconditional(teacher: Teacher, device: torch.device) -> Teacher:
@@ -92,7 +85,7 @@ def unconditional(teacher: Teacher, device: torch.device) -> Teacher:
             return torch.full((batch,), null, dtype=torch.long, device=device)
         return null.expand(batch, *null.shape[1:])
 
-    return replace(teacher, conditions=draw)
+    return replace(teacher, conditions=draw, identity={**teacher.identity, "unconditional": True})
 
 
 @torch.no_grad()
@@ -140,15 +133,16 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
               batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor]:
     """(z, condition, teacher sample) triples from the teacher's reference sampler; cached on disk.
 
-    The cache records what made it (seed, pair count, steps, dropped classes and how); a cache made
-    with other settings is remade, not reused. A cache from before that record is reused when its
-    pair count matches.
+    The cache records what made it (the teacher and its conditions, seed, pair count, steps, dropped
+    classes and how); a cache made with other settings is remade, not reused. A cache from before that
+    record is reused when its pair count matches.
     """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    made_by = json.dumps({"seed": seed, "ode_pairs": spec.ode_pairs, "ode_steps": spec.ode_steps,
-                          "drop_classes": sorted(set(spec.drop_classes)), "drop_mode": spec.drop_mode}, sort_keys=True)
+    made_by = json.dumps({"teacher": teacher.identity, "seed": seed, "ode_pairs": spec.ode_pairs,
+                          "ode_steps": spec.ode_steps, "drop_classes": sorted(set(spec.drop_classes)),
+                          "drop_mode": spec.drop_mode}, sort_keys=True)
     if cache is not None and cache.is_file():
         with safe_open(str(cache), "pt") as f:  # one open: the record first, the tensors only when they fit
             recorded = (f.metadata() or {}).get("made_by")

@@ -34,7 +34,8 @@ from .checkpoint import atomic_write_text
 from .config import ConfigError, load_config
 from .trainer import PRECISIONS, Draw, LoopConfig, Method, Update, train
 
-MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel"}
+MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel", "pipeline": None}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DATASETS = ("digits", "moving_digits")
 LOSS_WEIGHTINGS = ("schedule", "velocity")
 LR_SCHEDULES = ("constant", "cosine")
@@ -46,17 +47,31 @@ class ModelConfig:
     """The diffusers model: ``kind`` picks the class, ``config`` is its constructor config.
 
     ``label_tokens`` (wan only): tokens of the label embedding fed as ``encoder_hidden_states``.
+    ``kind: pipeline`` trains the denoiser of the diffusers pipeline folder ``path`` (any teacher family,
+    :mod:`fdistill.families`) in its VAE's latent space, conditioned on captions through the pipeline's
+    own text encoders (frozen); its noise schedule is the folder's scheduler's.
     """
 
     kind: str = "unet2d"
     config: dict = field(default_factory=dict)
     label_tokens: int = 1
+    path: str | None = None
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"model.kind {self.kind!r} unknown; valid: {', '.join(MODEL_KINDS)}")
         if self.label_tokens < 1:
             raise ValueError(f"model.label_tokens must be >= 1, got {self.label_tokens}")
+        if self.kind == "pipeline":
+            if not self.path:
+                raise ValueError("model.kind=pipeline needs model.path (a diffusers pipeline folder to train)")
+            if not Path(self.path).is_dir():
+                raise ValueError(f"model.path {self.path!r} is not a folder")
+            from fdistill.families import family_for
+
+            family_for(self.path)  # refuses a folder no family reads, by name
+        elif self.path is not None:
+            raise ValueError(f"model.path is read by model.kind=pipeline only, not {self.kind!r}")
 
 
 @dataclass
@@ -71,16 +86,28 @@ class ScheduleConfig:
 
 @dataclass
 class DataConfig:
-    """``name``: ``digits`` (kwargs: split) or ``moving_digits`` (kwargs of ``MovingDigits``)."""
+    """``name``: ``digits`` (kwargs: split) or ``moving_digits`` (kwargs of ``MovingDigits``).
+
+    ``captions`` (text-conditioned ``model.kind=pipeline`` teachers): caption templates with one ``{}``
+    for the digit's word ("a handwritten {}" → "a handwritten seven"); each sample takes one at random.
+    """
 
     name: str = ""
     kwargs: dict = field(default_factory=dict)
+    captions: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.name:
             raise ValueError(f"data.name is required; valid: {', '.join(DATASETS)}")
         if self.name not in DATASETS:
             raise ValueError(f"data.name {self.name!r} unknown; valid: {', '.join(DATASETS)}")
+        bad = [c for c in self.captions if c.count("{}") != 1]
+        if bad:
+            raise ValueError(f"data.captions {bad} must each hold exactly one '{{}}' (the digit's word)")
+
+    def caption_table(self) -> list[str]:
+        """Every caption, template-major: caption ``k·10 + d`` is template k with digit d."""
+        return [template.format(word) for template in self.captions for word in DIGIT_WORDS]
 
 
 @dataclass
@@ -105,7 +132,7 @@ class TeacherConfig(LoopConfig):
         super().__post_init__()
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting {self.loss_weighting!r} unknown; valid: {', '.join(LOSS_WEIGHTINGS)}")
-        if self.loss_weighting == "velocity" and self.schedule.name != "flow":
+        if self.loss_weighting == "velocity" and self.schedule.name != "flow" and self.model.kind != "pipeline":
             raise ValueError("loss_weighting=velocity is the flow-matching loss; it needs schedule.name=flow")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
@@ -118,6 +145,14 @@ class TeacherConfig(LoopConfig):
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("need lr > 0, warmup_steps >= 0 and grad_clip >= 0 (0 disables clipping)")
+        if self.model.kind == "pipeline":
+            if self.data.name != "digits":
+                raise ValueError(f"model.kind=pipeline trains on data.name=digits (with captions), not {self.data.name!r}")
+            if self.schedule != ScheduleConfig():
+                raise ValueError("model.kind=pipeline takes its noise schedule from the folder's scheduler: "
+                                 "remove the schedule section")
+        elif self.data.captions:
+            raise ValueError("data.captions condition model.kind=pipeline teachers only")
 
 
 class TeacherNet(nn.Module):
@@ -133,7 +168,53 @@ class TeacherNet(nn.Module):
         return self.model(sample, timestep, encoder_hidden_states=self.label_embedding(labels)).sample
 
 
-def build_teacher_net(config: TeacherConfig) -> TeacherNet:
+class PipelineTeacherNet(nn.Module):
+    """A pipeline folder's denoiser (:class:`~fdistill.families.FamilyNet`) with its condition table.
+
+    ``labels`` index ``table``: the encoded captions (text families) or class labels (class families),
+    then the family's unconditional input at index ``len(table) − 1`` (``null_label``).
+    """
+
+    def __init__(self, net: nn.Module, table: Tensor):
+        super().__init__()
+        self.net = net
+        self.register_buffer("table", table, persistent=False)  # re-encoded from the folder on every start
+
+    @property
+    def null_label(self) -> int:
+        return self.table.shape[0] - 1
+
+    def forward(self, sample: Tensor, timestep: Tensor, labels: Tensor) -> Tensor:
+        return self.net(sample, timestep, self.table[labels])
+
+
+def load_training_family(config: TeacherConfig, device: torch.device | str = "cpu"):
+    """(family, condition table with the null row last) of a ``model.kind=pipeline`` run."""
+    from fdistill.families import load_family
+
+    family = load_family(config.model.path, device)
+    if family.conditioning == "text":
+        if not config.data.captions:
+            raise ConfigError(f"a {family.label} teacher is text-conditioned: set data.captions, e.g. "
+                              "data.captions='[a handwritten {}]'")
+        rows = family.conditions(config.data.caption_table())
+    else:
+        if config.data.captions:
+            raise ConfigError(f"a {family.label} teacher is class-conditional: remove data.captions")
+        rows = family.conditions(list(range(config.num_classes)))
+    if config.loss_weighting == "velocity" and type(family.schedule).__name__ != "FlowMatchingSchedule":
+        raise ConfigError("loss_weighting=velocity is the flow-matching loss; this folder's scheduler is not flow matching")
+    return family, torch.cat([rows, family.null_condition()])
+
+
+def build_teacher_net(config: TeacherConfig, family=None, table: Tensor | None = None) -> nn.Module:
+    if config.model.kind == "pipeline":
+        import copy
+
+        from fdistill.families import FamilyNet
+
+        model = copy.deepcopy(family.model).requires_grad_(True).train()
+        return PipelineTeacherNet(FamilyNet(model, family), table)
     cls = model_class(MODEL_KINDS[config.model.kind])
     model_config = dict(config.model.config)
     label_embedding = None
@@ -161,7 +242,15 @@ class _BatchSource:
 
     PRERENDER_BYTES = 1 << 30
 
-    def __init__(self, data: DataConfig):
+    def __init__(self, data: DataConfig, family=None):
+        self.templates = len(data.captions)
+        if family is not None:  # a pipeline teacher learns the digits in its VAE's latent space
+            from fdistill.data.digits import load_digits_tensors
+
+            images, self.labels = load_digits_tensors(**data.kwargs)
+            self.images = family.latents_from_images(images)
+            self.dataset, self.size = None, len(self.labels)
+            return
         if data.name == "digits":
             from fdistill.data.digits import load_digits_tensors
 
@@ -180,6 +269,9 @@ class _BatchSource:
 
     def __call__(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         index = torch.randint(self.size, (batch_size,), generator=generator)
+        if self.templates:  # label = the caption's row: template k, digit d → k·10 + d
+            template = torch.randint(self.templates, (batch_size,), generator=generator)
+            return self.images[index], template * 10 + self.labels[index]
         if self.dataset is None:
             return self.images[index], self.labels[index]
         items = [self.dataset[int(i)] for i in index]
@@ -226,11 +318,17 @@ class TeacherMethod(Method):
     """Denoising score matching: x_t = α_t x0 + σ_t ε, L = λ(t) ‖x̂0(x_t, t, y) − x0‖², with the label
     y replaced by the null label with probability ``label_dropout`` (for classifier-free guidance)."""
 
-    def __init__(self, config: TeacherConfig):
+    def __init__(self, config: TeacherConfig, device: torch.device | str = "cpu"):
         self.config = config
-        self.schedule = get_schedule(config.schedule.name, **config.schedule.kwargs)
-        net = build_teacher_net(config)
-        self.source = _BatchSource(config.data)
+        self.family = self.table = None
+        if config.model.kind == "pipeline":
+            self.family, self.table = load_training_family(config, device)
+            self.schedule = self.family.schedule
+        else:
+            self.schedule = get_schedule(config.schedule.name, **config.schedule.kwargs)
+        net = build_teacher_net(config, self.family, self.table)
+        self.null_label = net.null_label if self.family is not None else config.num_classes
+        self.source = _BatchSource(config.data, self.family)
         optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.modules, self.optimizers = {"net": net}, {"net": optimizer}
         self.schedulers = {"net": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))}
@@ -241,7 +339,7 @@ class TeacherMethod(Method):
         c = self.config
         x0, labels = draw(self.source)
         drop = draw(lambda n, g: torch.rand(n, generator=g)) < c.label_dropout
-        labels = torch.where(drop, torch.full_like(labels, c.num_classes), labels)
+        labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         t = draw(lambda n, g: self.schedule.sample_training_t(n, generator=g))
         noise = draw.randn(*x0.shape[1:])
         loss = teacher_loss(self.modules["net"], self.schedule, x0, labels, t, noise, c.loss_weighting)
@@ -253,7 +351,12 @@ class TeacherMethod(Method):
     def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
-        final = build_teacher_net(self.config)
+        final = build_teacher_net(self.config, self.family, self.table)
+        if self.family is not None:  # the folder again, with the trained denoiser and its own scheduler
+            ema["ema"].copy_to(final.parameters())
+            self.family.export(final.net.model.cpu().eval(), output_dir / "pipeline",
+                               scheduler=self.family.pipe.scheduler, extra={"trained_from": self.config.model.path})
+            return
         ema["ema"].copy_to(final.parameters())
         final.model.save_pretrained(output_dir / "model", safe_serialization=True)
         if final.label_embedding is not None:
@@ -268,10 +371,12 @@ def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Pa
 
     Writes into ``output_dir``: ``config.yaml``, ``metrics.jsonl``, ``checkpoint-<step>/``,
     and at the end ``model/`` (EMA weights, ``save_pretrained``), ``teacher.json`` and, for wan,
-    ``label_embedding.safetensors``. Returns ``output_dir``. ``batch_size`` is the global batch
+    ``label_embedding.safetensors``; for ``model.kind=pipeline``, ``pipeline/`` (the folder with the
+    trained EMA denoiser). Returns ``output_dir``. ``batch_size`` is the global batch
     (split over processes and ``gradient_accumulation_steps`` micro-batches).
     """
-    return train(config, lambda accelerator: TeacherMethod(config), resume, config.grad_clip, "teacher")
+    return train(config, lambda accelerator: TeacherMethod(config, accelerator.device), resume, config.grad_clip,
+                 "teacher")
 
 
 def train_teacher_from_cli(config_path: str | Path | None, overrides: Sequence[str] = (),
