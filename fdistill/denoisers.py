@@ -64,7 +64,6 @@ class Denoiser(nn.Module):
         self.condition_key, self.guidance_scale = condition_key, guidance_scale
         self.null_condition = null_condition
         self._features: dict[str, Tensor] = {}
-        self._taps = []
         self.feature_modules = list(feature_modules)
         modules = dict(getattr(model, "feature_root", model).named_modules())
         missing = [n for n in self.feature_modules if n not in modules]
@@ -72,7 +71,7 @@ class Denoiser(nn.Module):
             sample = ", ".join(n for n in list(modules)[1:12])
             raise ValueError(f"feature modules {missing} not found in {type(model).__name__}; e.g.: {sample}, …")
         for name in self.feature_modules:
-            self._taps.append(modules[name].register_forward_hook(self._tap(name)))
+            modules[name].register_forward_hook(self._tap(name))
 
     def _tap(self, name: str):
         read = getattr(self.model, "feature_map", None)
@@ -129,6 +128,21 @@ class Denoiser(nn.Module):
         b = x_t.shape[0]
         return x0, [self._features[n][-b:] for n in self.feature_modules]  # the conditional half under CFG
 
+    @torch.no_grad()
+    def sample(self, noise: Tensor, steps: int, condition: Tensor | None = None, guidance_scale: float | None = None,
+               batch_size: int | None = None, clamp: float | None = None) -> Tensor:
+        """Samples of the schedule's reference sampler (:meth:`NoiseSchedule.sample`, ``steps`` steps) from unit
+        ``noise`` (B, ...), conditioned row by row on ``condition`` (B, ...), in batches of ``batch_size`` (all
+        at once by default), on the noise's device; ``clamp`` limits the result to [−clamp, clamp]."""
+        size = batch_size or noise.shape[0]
+        out = []
+        for i in range(0, noise.shape[0], size):
+            c = None if condition is None else condition[i:i + size]
+            x = self.schedule.sample(lambda x_t, t, c=c: self(x_t, t, c, guidance_scale=guidance_scale),
+                                     noise[i:i + size], steps)
+            out.append(x if clamp is None else x.clamp(-clamp, clamp))
+        return torch.cat(out)
+
     def features(self, x_t: Tensor, t: Tensor, condition: Tensor | None = None, **kwargs) -> list[Tensor]:
         """Outputs of ``feature_modules`` for one conditional forward at (x_t, t)."""
         if not self.feature_modules:
@@ -137,7 +151,3 @@ class Denoiser(nn.Module):
         self.raw(x_t, t, condition, **kwargs)
         return [self._features[n] for n in self.feature_modules]
 
-    def remove_taps(self) -> None:
-        for handle in self._taps:
-            handle.remove()
-        self._taps.clear()

@@ -20,18 +20,20 @@ def _view(w: Tensor, x: Tensor) -> Tensor:
 
 
 def distribution_matching_loss(
-    x0: Tensor, x0_real: Tensor, x0_fake: Tensor, weight: Tensor | None = None, eps: float = 1e-6
+    x0: Tensor, x0_p: Tensor, x0_q: Tensor, weight: Tensor | None = None, eps: float = 1e-6
 ) -> Tensor:
     """Generator loss whose gradient is h(r)·(∇log q_t − ∇log p_t) up to a per-sample scale.
 
     g = h · (x̂0_q − x̂0_p) / mean|x0 − x̂0_p|    (DMD's per-sample normalisation)
     L = ½ ‖x0 − sg(x0 − g)‖²                      (so ∂L/∂x0 = g / numel)
 
-    x0, x0_real, x0_fake: (B, ...); weight h: (B,) or None (reverse-KL, h ≡ 1).
+    x0: student samples (B, ...); x0_p: the teacher's x̂0 at their noised version (the data
+    distribution p), x0_q: the fake score's (the student's distribution q); weight h: (B,) or None
+    (reverse-KL, h ≡ 1).
     """
     with torch.no_grad():
-        scale = _per_sample_mean((x0 - x0_real).abs()).clamp_min(eps)
-        g = (x0_fake - x0_real) / _view(scale, x0)
+        scale = _per_sample_mean((x0 - x0_p).abs()).clamp_min(eps)
+        g = (x0_q - x0_p) / _view(scale, x0)
         if weight is not None:
             g = g * _view(weight.to(g), g)
         g = torch.nan_to_num(g)

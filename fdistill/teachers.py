@@ -31,6 +31,7 @@ MOVING_DIGITS_TEACHER = ASSETS / "moving_digits_teacher.safetensors"
 
 __all__ = [
     "LabelEmbedding",
+    "sample_teacher",
     "export_teacher_asset",
     "load_digits_teacher",
     "load_moving_digits_teacher",
@@ -90,9 +91,9 @@ def export_teacher_asset(model_dir: str | Path, asset_path: str | Path,
     ``teacher.json`` and, for video teachers, ``label_embedding.safetensors``. Writes
     ``asset_path`` (``.safetensors``) and the same name with ``.json``; returns the json path.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from fdistill.training.checkpoint import atomic_write_text
+    from .io import atomic_save_file, atomic_write_text
 
     model_dir, asset_path = Path(model_dir), Path(asset_path)
     meta = json.loads((model_dir / "teacher.json").read_text())
@@ -104,11 +105,7 @@ def export_teacher_asset(model_dir: str | Path, asset_path: str | Path,
                             if not k.startswith("_")}
     if metrics is not None:
         meta["metrics"] = metrics
-    asset_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = asset_path.with_name(f".{asset_path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp))
-    tmp.chmod(0o644)
-    tmp.replace(asset_path)
+    atomic_save_file(weights, asset_path)
     json_path = asset_path.with_suffix(".json")
     atomic_write_text(json_path, json.dumps(meta, indent=1) + "\n")
     return json_path
@@ -118,17 +115,23 @@ def _read_teacher(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """(metadata, flat state dict) from an asset ``.safetensors`` or a training output folder."""
     from safetensors.torch import load_file
 
+    from .io import check_safetensors
+
+    def read(file: Path) -> dict[str, Tensor]:  # a truncated file is named, not a header error deep inside
+        check_safetensors(file)
+        return load_file(file)
+
     if path.is_dir():
         meta = json.loads((path / "teacher.json").read_text())
         meta["model_config"] = json.loads((path / "model" / "config.json").read_text())
-        state = {f"model.{k}": v for k, v in load_file(path / "model" / "diffusion_pytorch_model.safetensors").items()}
+        state = {f"model.{k}": v for k, v in read(path / "model" / "diffusion_pytorch_model.safetensors").items()}
         if meta.get("label_embedding"):
             state.update({f"label_embedding.{k}": v
-                          for k, v in load_file(path / "label_embedding.safetensors").items()})
+                          for k, v in read(path / "label_embedding.safetensors").items()})
         return meta, state
     if not path.is_file():
         raise FileNotFoundError(f"teacher asset {str(path)!r} does not exist")
-    return json.loads(path.with_suffix(".json").read_text()), load_file(path)
+    return json.loads(path.with_suffix(".json").read_text()), read(path)
 
 
 def load_teacher(path: str | Path, guidance_scale: float = 1.0, feature_modules: Sequence[str] = (),
@@ -174,3 +177,20 @@ def load_moving_digits_teacher(path: str | Path | None = None, guidance_scale: f
     Condition with ``denoiser.label_embedding(labels)`` (B, L, text_dim).
     """
     return load_teacher(path or MOVING_DIGITS_TEACHER, guidance_scale, feature_modules, model_cls, device)
+
+
+@torch.no_grad()
+def sample_teacher(denoiser: Denoiser, labels: Tensor, shape: Sequence[int], steps: int,
+                   guidance_scale: float | None = None, seed: int = 0, batch_size: int | None = None,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """Samples (N, *shape) in [−1, 1] of a label-conditioned teacher for ``labels`` (N,), from noise drawn on
+    the CPU from ``seed`` (so any device gives the same samples, up to rounding), ``steps`` reference steps.
+
+    A label-embedding teacher (video) is conditioned on ``denoiser.label_embedding(labels)``.
+    """
+    noise = torch.randn(len(labels), *shape, generator=torch.Generator().manual_seed(seed))
+    denoiser, labels = denoiser.to(device), labels.to(device)
+    embedding = getattr(denoiser, "label_embedding", None)
+    cond = labels if embedding is None else embedding(labels)
+    return denoiser.sample(noise.to(device), steps, cond, guidance_scale, batch_size, clamp=1.0).cpu()
+

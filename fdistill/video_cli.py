@@ -1,8 +1,11 @@
 """``fdistill sample-video`` and ``fdistill eval-video``: HiAR pipelines from the command line.
 
-    fdistill sample-video PIPELINE_DIR --order hierarchical --seed 0 --output video.mp4 [--parallel K]
-    torchrun --nproc-per-node K $(which fdistill) sample-video PIPELINE_DIR --order pipelined --output v.npy
-    fdistill eval-video video.npy|PIPELINE_DIR [--num-videos 16] [--output report.json]
+    fdistill sample-video PIPELINE --label 3 --order hierarchical --seed 0 --output video.mp4 [--parallel K]
+    torchrun --nproc-per-node K $(which fdistill) sample-video PIPELINE --order pipelined --output v.npy
+    fdistill eval-video video.npy|PIPELINE [--num-videos 16] [--output report.json]
+
+PIPELINE is a HiARPipeline folder (``save_pretrained``), a stock diffusers Wan2.1 folder or a HiAR student
+file (``hiar_student.safetensors``, as ``distill-video`` writes and ``fdistill/assets`` ships).
 
 Generation flags left unset take the pipeline's saved config (num_frames, height, width,
 frames_per_block, denoising_steps, window, order, guidance_scale, context, renoise).
@@ -24,6 +27,7 @@ __all__ = [
     "add_eval_video_arguments",
     "add_sample_video_arguments",
     "eval_video_main",
+    "load_video_pipeline",
     "read_video",
     "sample_video_main",
     "write_video",
@@ -32,20 +36,27 @@ __all__ = [
 VIDEO_SUFFIXES = (".npy", ".gif", ".mp4")
 
 
+PIPELINES = ("a HiARPipeline folder (save_pretrained), a diffusers Wan2.1 folder or a HiAR student .safetensors "
+             "(distill-video's hiar_student.safetensors)")
+"""What ``sample-video`` and ``eval-video`` sample, for messages."""
+
+
 def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    from fdistill.cli import positive_int
+
     p.add_argument("--order", default=None,
                    help="sequential, hierarchical, wavefront or pipelined (implied by --parallel and by torchrun; "
                         "default: the pipeline's)")
-    p.add_argument("--parallel", type=int, default=None, metavar="K",
+    p.add_argument("--parallel", type=positive_int, default=None, metavar="K",
                    help="run the pipelined order in K local processes (1 <= K <= denoising steps)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-frames", type=int, default=None, help="frames (default: the pipeline's)")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--frames-per-block", type=int, default=None)
+    p.add_argument("--num-frames", type=positive_int, default=None, help="frames (default: the pipeline's)")
+    p.add_argument("--height", type=positive_int, default=None)
+    p.add_argument("--width", type=positive_int, default=None)
+    p.add_argument("--frames-per-block", type=positive_int, default=None)
     p.add_argument("--denoising-steps", default=None,
                    help="timesteps with commas (1000,750,500,250; one step: 1000,) or a step count K")
-    p.add_argument("--window", type=int, default=None, help="attention window in latent frames")
+    p.add_argument("--window", type=positive_int, default=None, help="attention window in latent frames")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance w (1: conditional only); single-process orders")
     p.add_argument("--context", default=None, help="next (t_k+1) or same (t_k): the context level")
@@ -56,10 +67,11 @@ def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_sample_video_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``fdistill sample-video`` (the lead's parser adds these to the subcommand)."""
-    p.add_argument("pipeline", help="a HiARPipeline folder (save_pretrained)")
+    p.add_argument("pipeline", help=PIPELINES)
     p.add_argument("--output", required=True, help="output file: .npy, .gif or .mp4")
     p.add_argument("--label", type=int, action="append", default=None,
-                   help="class label (repeat for a batch); label-conditioned pipelines")
+                   help="class label (repeat for a batch); label-conditioned pipelines. Default: the null label, "
+                        "an unconditional video (no particular digit)")
     p.add_argument("--prompt", action="append", default=None, help="text prompt (repeat for a batch)")
     p.add_argument("--fps", type=float, default=8.0)
     _add_generation_arguments(p)
@@ -67,8 +79,10 @@ def add_sample_video_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_eval_video_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``fdistill eval-video``."""
-    p.add_argument("input", help="a video file (.npy/.gif/.mp4) or a HiARPipeline folder to sample from")
-    p.add_argument("--num-videos", type=int, default=10,
+    from fdistill.cli import positive_int
+
+    p.add_argument("input", help=f"a video file (.npy/.gif/.mp4), or {PIPELINES} to sample from")
+    p.add_argument("--num-videos", type=positive_int, default=10,
                    help="videos to sample from a pipeline (labels cycle through the classes)")
     p.add_argument("--fps", type=float, default=8.0, help="frame rate for the dynamic-degree threshold")
     p.add_argument("--output", default=None, help="write the JSON report here too")
@@ -87,13 +101,38 @@ def _torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _generate(args: argparse.Namespace, folder: str, *, labels=None, prompts=None):
-    """Run the pipeline saved in ``folder`` and return its "pt" frames (B, F, C, H, W) in [0, 1]
+def load_video_pipeline(source: str | os.PathLike, command: str, expected: str = PIPELINES, labelled: bool = False):
+    """The HiARPipeline at ``source`` (see :data:`PIPELINES`); anything else stops, before any weights load, with a
+    message naming what it is and what ``command`` expects (``expected``; ``labelled``: a label embedding)."""
+    from fdistill.io import check_safetensors
+    from fdistill.pipelines.hiar_pipeline import HiARPipeline
+    from fdistill.pipelines.hiar_student import load_hiar_student
+    from fdistill.pipelines.wan_loading import WAN_PIPELINES
+
+    path = Path(source)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ValueError(f"{str(source)!r} is a {path.suffix or 'suffix-less'} file; {command} expects {expected}")
+        return load_hiar_student(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{str(source)!r} does not exist; {command} expects {expected}")
+    index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
+    name = index.get("_class_name")
+    if name not in ("HiARPipeline", *WAN_PIPELINES):
+        what = f"a {name} folder" if name else "a folder without model_index.json"
+        raise ValueError(f"{str(source)!r} is {what}; {command} expects {expected}")
+    if labelled and (index.get("label_embedding") or [None])[0] is None:
+        raise ValueError(f"{str(source)!r} is a {name} folder without a label embedding (prompted); {command} samples "
+                         "label-conditioned pipelines: sample it with sample-video --prompt and evaluate the video file")
+    check_safetensors(path)
+    return HiARPipeline.from_pretrained(path)
+
+
+def _generate(args: argparse.Namespace, pipe, *, labels=None, prompts=None):
+    """Run ``pipe`` (a HiARPipeline) and return its "pt" frames (B, F, C, H, W) in [0, 1]
     (None on the ranks other than 0 under torchrun)."""
     import torch
     import torch.distributed as dist
-
-    from fdistill.pipelines.hiar_pipeline import HiARPipeline
 
     order = args.order
     if args.parallel is not None and order not in (None, "pipelined"):
@@ -109,9 +148,7 @@ def _generate(args: argparse.Namespace, folder: str, *, labels=None, prompts=Non
     elif args.parallel is not None:
         order = "pipelined"
 
-    if not Path(folder).is_dir():
-        raise FileNotFoundError(f"pipeline folder {folder!r} does not exist")
-    pipe = HiARPipeline.from_pretrained(folder).to(args.device)
+    pipe = pipe.to(args.device)
     if _torchrun() and dist.get_rank() != 0:
         pipe.set_progress_bar_config(disable=True)
     frames = pipe(
@@ -184,7 +221,8 @@ def sample_video_main(args: argparse.Namespace) -> None:
     suffix = Path(args.output).suffix
     if suffix not in VIDEO_SUFFIXES:
         raise ValueError(f"unsupported output {args.output!r}; use one of {', '.join(VIDEO_SUFFIXES)}")
-    frames = _generate(args, args.pipeline, labels=args.label, prompts=args.prompt)
+    pipe = load_video_pipeline(args.pipeline, "sample-video")
+    frames = _generate(args, pipe, labels=args.label, prompts=args.prompt)
     if frames is None:
         return
     path = write_video(frames.permute(0, 1, 3, 4, 2).numpy(), args.output, args.fps)
@@ -196,12 +234,11 @@ def eval_video_main(args: argparse.Namespace) -> dict:
     from fdistill.eval.video import as_videos, evaluate_video
 
     source = Path(args.input)
-    if source.is_dir():
-        if not (source / "label_embedding").is_dir():
-            raise ValueError("eval-video samples label-conditioned pipelines only; sample text pipelines with "
-                             "sample-video and evaluate the file")
-        num_classes = json.loads((source / "label_embedding" / "config.json").read_text())["num_classes"]
-        frames = _generate(args, args.input, labels=[i % num_classes for i in range(args.num_videos)])
+    if source.is_dir() or source.suffix == ".safetensors":
+        pipe = load_video_pipeline(source, "eval-video", f"a video file ({', '.join(VIDEO_SUFFIXES)}) or {PIPELINES}",
+                                   labelled=True)
+        num_classes = pipe.label_embedding.config.num_classes
+        frames = _generate(args, pipe, labels=[i % num_classes for i in range(args.num_videos)])
         if frames is None:
             return {}
         videos = as_videos(frames, layout="pt")

@@ -1,8 +1,9 @@
 """diffusers pipelines for fdistill students (installed as ``fdistill.pipelines``)."""
 
+from fdistill.models.hiar_cell import HiARPlan, NoiseBank, generate_video
+
 from .diffusers_loading import register_with_diffusers
 from .fdistill_pipeline import FDistillPipeline, export_pipeline
-from .hiar_cell import HiARPlan, NoiseBank, generate_video
 from .hiar_parallel import generate_video_pipelined
 from .hiar_pipeline import HiARPipeline, HiARPipelineOutput, LabelEmbeddingModel, hiar_pipeline_from_teacher
 from .hiar_student import export_hiar_student, load_hiar_student

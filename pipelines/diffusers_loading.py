@@ -20,6 +20,8 @@ from pathlib import Path
 
 import diffusers
 
+from fdistill.io import atomic_write_text
+
 LOADER_FILE = "pipeline.py"
 
 
@@ -40,10 +42,7 @@ def write_loader_module(save_directory: str | os.PathLike, cls: type) -> Path:
     text = (f'"""diffusers custom-pipeline entry point: DiffusionPipeline.from_pretrained(folder, '
             f'custom_pipeline=folder, trust_remote_code=True). Needs the fdistill package installed."""\n\n'
             f"from {cls.__module__} import {cls.__name__}  # noqa: F401\n")
-    tmp = path.with_suffix(".py.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 class SavesLoaderModule:

@@ -1,11 +1,15 @@
 """FDistillPipeline: sample a distilled one-step (or few-step) student, shaped like diffusers' DDPMPipeline.
 
+It serves fdistill's own class-conditional and unconditional testbeds (the digits demo); text-to-image
+students are exported as their teacher's own diffusers pipeline class (``fdistill.families``) and run
+there, so this pipeline takes no prompt and holds no text encoder.
+
 The student is a plain diffusers denoiser trained under one of fdistill's noise schedules; the
 pipeline carries that schedule as a standard diffusers ``scheduler`` component (EDMEulerScheduler,
 FlowMatchEulerDiscreteScheduler, DDIMScheduler, …) and recovers it with ``schedule_from_scheduler``.
 
 One step: x_T = σ_T ε at the student time T (t_max unless the config sets ``student_t``), then
-x̂0 = to_x0(unet(model_input(x_T, T), model_time(T), condition)). With ``num_inference_steps`` = N > 1
+x̂0 = to_x0(unet(model_input(x_T, T), model_time(T), class_labels)). With ``num_inference_steps`` = N > 1
 the pipeline runs multistep consistency sampling (Song et al. 2023, Algorithm 1; DMD2's 4-step SD
 students): after each step the x̂0 is re-noised to the next, lower time with fresh noise from
 ``generator``, x_{t'} = α_{t'} x̂0 + σ_{t'} ε', and denoised again.
@@ -26,23 +30,28 @@ from fdistill.denoisers import call_model
 from fdistill.schedules import NoiseSchedule, schedule_from_scheduler, scheduler_for
 
 from .diffusers_loading import SavesLoaderModule
-from .prompts import negative_prompts
 
 __all__ = ["FDistillPipeline", "export_pipeline"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+TEXT_COMPONENTS = ("text_encoder", "tokenizer")
+TEXT_ARGUMENTS = ("prompt", "prompt_embeds", "negative_prompt", "negative_prompt_embeds")
+NOT_TEXT_TO_IMAGE = ("FDistillPipeline is class-conditional (or unconditional) only: text-to-image students are "
+                     "exported as their teacher's own diffusers pipeline class (StableDiffusionPipeline, "
+                     "StableDiffusionXLPipeline, FluxPipeline, …); load such a folder with "
+                     "DiffusionPipeline.from_pretrained(folder) and call it with a prompt")
 
 
 class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
-    r"""Pipeline for one-step (or few-step) generation with an f-distill student.
+    r"""Pipeline for one-step (or few-step) generation with an f-distill student of a class-conditional or
+    unconditional testbed.
 
     Components:
-        unet: the student, any diffusers denoiser: ``UNet2DModel`` (optionally class-conditional through
-            ``num_class_embeds``) or ``UNet2DConditionModel`` (text-conditional through cross-attention).
+        unet: the student, a diffusers denoiser without cross-attention: ``UNet2DModel``, class-conditional
+            through ``num_class_embeds`` (or ``class_embed_type``) or unconditional. A text-conditional one
+            (``cross_attention_dim``) is refused: text-to-image students run in their teacher's own pipeline.
         scheduler: a diffusers scheduler describing the student's noise schedule (only its config is used).
         vae: optional ``AutoencoderKL``; when present the student works in its latent space.
-        text_encoder, tokenizer: optional CLIP text encoder and tokenizer, needed for ``prompt`` (not for
-            ``prompt_embeds``).
 
     Config (saved in ``model_index.json``; ``pipe()`` uses it, call arguments override):
         student_t: the time (in the schedule's units) the student maps noise from, if it is not ``t_max``.
@@ -50,19 +59,36 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
             VAE factor).
     """
 
-    model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["vae", "text_encoder", "tokenizer"]
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, unet, scheduler, vae=None, text_encoder=None, tokenizer=None,
-                 student_t: float | None = None, height: int | None = None, width: int | None = None):
+    def __init__(self, unet, scheduler, vae=None, student_t: float | None = None, height: int | None = None,
+                 width: int | None = None):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                              tokenizer=tokenizer)
+        dim = getattr(unet, "config", {}).get("cross_attention_dim")
+        if dim is not None:
+            raise ValueError(f"this {type(unet).__name__} is text-conditional (cross_attention_dim={dim}): "
+                             f"{NOT_TEXT_TO_IMAGE}")
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         self.register_to_config(student_t=None if student_t is None else float(student_t),
                                 height=None if height is None else int(height),
                                 width=None if width is None else int(width))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' loaders (``FDistillPipeline.from_pretrained`` and ``DiffusionPipeline.from_pretrained``)
+        read ``model_index.json`` through here. Older fdistill folders list ``text_encoder`` and
+        ``tokenizer``: null ones (every export without text) are dropped, which diffusers would otherwise
+        report as unexpected config attributes; real ones (a text-to-image student) are refused before
+        anything loads, where diffusers would ignore them and load the rest."""
+        present = [name for name in TEXT_COMPONENTS
+                   if kwargs.get(name) is not None or config_dict.get(name, [None])[0] is not None]
+        if present:
+            raise ValueError(f"this folder has text components ({', '.join(present)}): {NOT_TEXT_TO_IMAGE}")
+        config_dict = {k: v for k, v in config_dict.items() if k not in TEXT_COMPONENTS}
+        return super().extract_init_dict(config_dict, **kwargs)
 
     # -- what the student is --------------------------------------------------------------
     @property
@@ -72,10 +98,7 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
 
     @property
     def conditioning(self) -> str | None:
-        """How the unet is conditioned, read from its config: "text" (cross-attention on
-        ``encoder_hidden_states``), "class" (``class_labels`` only) or None (unconditional)."""
-        if "cross_attention_dim" in self.unet.config:
-            return "text"
+        """How the unet is conditioned, read from its config: "class" (``class_labels``) or None (unconditional)."""
         return "class" if self.takes_class_labels else None
 
     @property
@@ -111,8 +134,8 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         return times
 
     # -- inputs -----------------------------------------------------------------------------
-    def check_inputs(self, prompt, class_labels, prompt_embeds, num_images_per_prompt, batch_size,
-                     output_type, height, width, latents) -> None:
+    def check_inputs(self, class_labels, num_images_per_prompt, batch_size, output_type, height, width,
+                     latents) -> None:
         """Raise a ValueError naming the bad value and the valid ones."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type={output_type!r} is not supported; valid: {', '.join(OUTPUT_TYPES)}")
@@ -120,151 +143,67 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        unet = type(self.unet).__name__
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError("pass either prompt or prompt_embeds, not both")
-        if self.conditioning == "text":
-            if prompt is None and prompt_embeds is None:
-                raise ValueError("this unet is text-conditional: pass prompt (str or list of str) or prompt_embeds")
-            if prompt is not None and not isinstance(prompt, str | list | tuple):
-                raise ValueError(f"prompt must be a str or a list of str, got {type(prompt).__name__}")
-            missing = [n for n in ("tokenizer", "text_encoder") if getattr(self, n) is None]
-            if prompt is not None and missing:
-                raise ValueError(f"a prompt needs a tokenizer and a text_encoder; this pipeline has no "
-                                 f"{' and no '.join(missing)}: pass prompt_embeds instead")
-            dim = self.unet.config.cross_attention_dim
-            if prompt_embeds is not None and (prompt_embeds.ndim != 3 or prompt_embeds.shape[-1] != dim):
-                raise ValueError(f"prompt_embeds must be (B, L, {dim}) for this unet, got {tuple(prompt_embeds.shape)}")
-        elif prompt is not None or prompt_embeds is not None:
-            raise ValueError(f"this {unet} has no cross-attention, it takes no prompt "
-                             f"(conditioning: {self.conditioning or 'none'})")
 
         n = self.num_classes
         valid = f"ints in [0, {n})" if n is not None else "per the unet's class_embed_type"
+        if isinstance(class_labels, str) or (isinstance(class_labels, list | tuple)
+                                             and any(isinstance(c, str) for c in class_labels)):
+            wanted = f", not {valid}" if self.takes_class_labels else ""
+            raise ValueError(f"class_labels={class_labels!r} is text{wanted}: {NOT_TEXT_TO_IMAGE}")
         if self.takes_class_labels and class_labels is None:
             raise ValueError(f"this unet is class-conditional: pass class_labels ({valid})")
         if class_labels is not None and not self.takes_class_labels:
-            raise ValueError(f"this {unet} has no class embedding, it takes no class_labels")
-        if class_labels is not None and n is not None:
+            raise ValueError(f"this {type(self.unet).__name__} has no class embedding, it takes no class_labels")
+        if class_labels is not None:
             labels = torch.as_tensor(class_labels).reshape(-1)
-            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-                raise ValueError(f"class_labels must be integers ({valid}), got {labels.tolist()}")
-            bad = labels[(labels < 0) | (labels >= n)]
-            if bad.numel():
-                raise ValueError(f"class_labels {bad.tolist()} out of range: valid labels are 0..{n - 1} "
-                                 f"(num_class_embeds={n})")
-
-        counts = _condition_counts(prompt, class_labels, prompt_embeds)
-        if len(set(counts.values())) > 1:
-            raise ValueError(f"condition counts differ: {counts}; pass one of each per batch element")
-        if batch_size is not None and counts and next(iter(counts.values())) != batch_size:
-            raise ValueError(f"got {counts} for batch_size={batch_size}: pass one per batch element "
-                             "(or leave batch_size unset)")
+            if n is not None:
+                if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                    raise ValueError(f"class_labels must be integers ({valid}), got {labels.tolist()}")
+                bad = labels[(labels < 0) | (labels >= n)]
+                if bad.numel():
+                    raise ValueError(f"class_labels {bad.tolist()} out of range: valid labels are 0..{n - 1} "
+                                     f"(num_class_embeds={n})")
+            if batch_size is not None and labels.numel() != batch_size:
+                raise ValueError(f"got {labels.numel()} class_labels for batch_size={batch_size}: pass one per "
+                                 "batch element (or leave batch_size unset)")
+        unet_factor = 2 ** (len(self.unet.config.get("block_out_channels") or [0]) - 1)  # a downsampler per level but the last
+        multiple = self.vae_scale_factor * unet_factor
         for name, size in (("height", height), ("width", width)):
-            if size is not None and (size < 1 or size % self.vae_scale_factor):
-                raise ValueError(f"{name}={size} must be a positive multiple of the VAE's downsampling "
-                                 f"factor {self.vae_scale_factor}")
+            if size is not None and (size < 1 or size % multiple):
+                raise ValueError(f"{name}={size} must be a positive multiple of {multiple} (the VAE's downsampling "
+                                 f"factor {self.vae_scale_factor} × the unet's {unet_factor})")
         if latents is not None and latents.ndim != 4:
             raise ValueError(f"latents must be (B, C, H, W), got {tuple(latents.shape)}")
-
-    def encode_prompt(
-        self,
-        prompt: str | list[str] | None,
-        device: torch.device | None = None,
-        num_images_per_prompt: int = 1,
-        do_classifier_free_guidance: bool = False,
-        negative_prompt: str | list[str] | None = None,
-        prompt_embeds: Tensor | None = None,
-        negative_prompt_embeds: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """CLIP last hidden states, as ``StableDiffusionPipeline.encode_prompt``: (prompt_embeds, negative_prompt_embeds).
-
-        Each is (B · num_images_per_prompt, L, D), padded to the tokenizer's max length (as SD1.5), a
-        prompt's images consecutive. With ``do_classifier_free_guidance`` the negative embeddings
-        encode ``negative_prompt`` ("" by default) unless given; otherwise they are returned as given
-        (the student itself runs no guidance: it was distilled with it). ``device`` defaults to the
-        pipeline's execution device. Only text-conditional unets take a prompt: for a
-        class-conditional or unconditional unet this raises (pass ``class_labels`` to the pipeline).
-        """
-        if self.unet is not None and self.conditioning != "text":
-            kind = "class-conditional (pass class_labels)" if self.conditioning == "class" else "unconditional"
-            raise ValueError(f"this {type(self.unet).__name__} has no cross-attention, so there is no prompt to "
-                             f"encode: it is {kind}")
-        device = device or self._execution_device
-        prompts = None if prompt is None else _as_list(prompt)
-        if prompts is None and prompt_embeds is None:
-            raise ValueError("pass prompt or prompt_embeds")
-        batch_size = len(prompts) if prompts is not None else prompt_embeds.shape[0]
-        if prompt_embeds is None:
-            prompt_embeds = self._clip_embeds(prompts, device, "prompt")
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative = negative_prompts(negative_prompt, batch_size)
-            negative_prompt_embeds = self._clip_embeds(negative, device, "negative_prompt")
-        dtype = next((m.dtype for m in (self.text_encoder, self.unet) if m is not None), prompt_embeds.dtype)
-        prompt_embeds = prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype).repeat_interleave(num_images_per_prompt,
-                                                                                                dim=0)
-        return prompt_embeds, negative_prompt_embeds
-
-    def _clip_embeds(self, prompts: list[str], device: torch.device, what: str) -> Tensor:
-        """(len(prompts), L, D) CLIP last hidden states."""
-        missing = [n for n in ("tokenizer", "text_encoder") if getattr(self, n) is None]
-        if missing:
-            raise ValueError(f"encoding the {what} needs a tokenizer and a text_encoder; this pipeline has no "
-                             f"{' and no '.join(missing)}: pass {what}_embeds instead")
-        inputs = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
-        mask = inputs.attention_mask.to(device) if use_mask else None
-        return self.text_encoder(inputs.input_ids.to(device), attention_mask=mask)[0]
-
-    def _condition(self, prompt, class_labels, prompt_embeds, num_images_per_prompt, device, dtype) -> dict:
-        """Keyword arguments of the unet call: ``encoder_hidden_states`` and/or ``class_labels``."""
-        kwargs = {}
-        if prompt is not None:
-            kwargs["encoder_hidden_states"] = self.encode_prompt(prompt, device, num_images_per_prompt)[0]
-        elif prompt_embeds is not None:
-            kwargs["encoder_hidden_states"] = prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, 0)
-        if "encoder_hidden_states" in kwargs:
-            kwargs["encoder_hidden_states"] = kwargs["encoder_hidden_states"].to(dtype)
-        if class_labels is not None:
-            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(device)
-            kwargs["class_labels"] = labels.repeat_interleave(num_images_per_prompt)
-        return kwargs
 
     # -- sampling ---------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str] | None = None,
         class_labels: int | Sequence[int] | Tensor | None = None,
         num_images_per_prompt: int = 1,
         batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Tensor | None = None,
-        prompt_embeds: Tensor | None = None,
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 1,
         timesteps: Sequence[float] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        **kwargs,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images with the student.
 
         Args:
-            prompt: text prompt(s), for a text-conditional unet (needs ``tokenizer`` and ``text_encoder``).
             class_labels: class label(s) in [0, num_class_embeds), for a class-conditional unet.
-            num_images_per_prompt: images per prompt / class label (for an unconditional unet: multiplies
+            num_images_per_prompt: images per class label (for an unconditional unet: multiplies
                 ``batch_size``).
-            batch_size: number of prompts / labels; for an unconditional unet the number of images
-                (default 1). When given with prompts or labels the counts must match.
+            batch_size: number of class labels; for an unconditional unet the number of images (default 1).
+                When given with class labels the counts must match.
             generator: torch generator(s) for the initial noise and the re-noising of multistep sampling;
                 a list gives one generator per image.
             latents: unit Gaussian noise ε (B, C, h, w) to start from instead of drawing it (in latent space
                 when there is a VAE); the student's input is σ_T ε.
-            prompt_embeds: precomputed text-encoder hidden states (B, L, cross_attention_dim).
             height, width: output size in pixels (default: the config's, else the unet's ``sample_size``
                 times the VAE factor).
             num_inference_steps: 1 for one-step generation; N > 1 runs multistep consistency sampling
@@ -273,21 +212,31 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
             output_type: "pil", "np" (B, H, W, C) in [0, 1], "pt" (B, C, H, W) in [0, 1], or "latent"
                 (the student's raw x̂0 before VAE decoding and denormalisation).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
+            kwargs: none is taken. Text inputs (``prompt``, ``prompt_embeds``, ``negative_prompt``,
+                ``negative_prompt_embeds``) raise a ValueError that points to the teacher's own pipeline
+                class, which runs text-to-image students; any other name raises a TypeError.
 
         Returns:
             ``ImagePipelineOutput(images=...)`` or ``(images,)``. Single-channel images become PIL "L" images.
         """
+        text = [name for name in TEXT_ARGUMENTS if name in kwargs]
+        if text:
+            raise ValueError(f"got {', '.join(text)}: {NOT_TEXT_TO_IMAGE}")
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}.__call__() got an unexpected keyword argument "
+                            f"{next(iter(kwargs))!r}")
         height = self.config.height if height is None else height
         width = self.config.width if width is None else width
-        self.check_inputs(prompt, class_labels, prompt_embeds, num_images_per_prompt, batch_size, output_type,
-                          height, width, latents)
+        self.check_inputs(class_labels, num_images_per_prompt, batch_size, output_type, height, width, latents)
         device = self._execution_device
         dtype = self.unet.dtype
         schedule = self.schedule
 
-        condition = self._condition(prompt, class_labels, prompt_embeds, num_images_per_prompt, device, dtype)
-        counts = _condition_counts(prompt, class_labels, prompt_embeds)
-        total = next(iter(counts.values()), batch_size or 1) * num_images_per_prompt
+        labels = None
+        if class_labels is not None:
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(device)
+            labels = labels.repeat_interleave(num_images_per_prompt)
+        total = len(labels) if labels is not None else (batch_size or 1) * num_images_per_prompt
 
         sample_size = self.unet.config.sample_size
         h0, w0 = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
@@ -317,7 +266,7 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         for i in self.progress_bar(range(len(times))):
             t = times[i].expand(total)
             output = call_model(self.unet, schedule.model_input(x, t).to(dtype), schedule.model_time(t),
-                                None, None, **condition)
+                                "class_labels", labels)
             x0 = schedule.to_x0(output.to(x.dtype), x, t)
             if i + 1 < len(times):
                 fresh = randn_tensor(shape, generator=generator, device=device, dtype=dtype).to(x.dtype)
@@ -347,9 +296,10 @@ class FDistillPipeline(SavesLoaderModule, DiffusionPipeline):
         return sigma * noise
 
 
-def export_pipeline(unet, schedule: NoiseSchedule, output_dir: str | os.PathLike, vae=None, text_encoder=None,
-                    tokenizer=None, student_t: float | None = None) -> FDistillPipeline:
-    """Wrap a trained student into an :class:`FDistillPipeline` and ``save_pretrained`` it to ``output_dir``.
+def export_pipeline(unet, schedule: NoiseSchedule, output_dir: str | os.PathLike, vae=None,
+                    student_t: float | None = None) -> FDistillPipeline:
+    """Wrap a trained class-conditional or unconditional student into an :class:`FDistillPipeline` and
+    ``save_pretrained`` it to ``output_dir``.
 
     ``unet`` must be the unwrapped model (``accelerator.unwrap_model``). The schedule is stored as the
     matching diffusers scheduler (``scheduler_for``); a schedule the scheduler cannot express raises.
@@ -360,23 +310,6 @@ def export_pipeline(unet, schedule: NoiseSchedule, output_dir: str | os.PathLike
         raise ValueError(f"{type(schedule).__name__}(prediction_type={schedule.prediction_type!r}) does not "
                          f"round-trip through {type(scheduler).__name__} (restored "
                          f"{type(restored).__name__}, prediction_type={restored.prediction_type!r})")
-    pipe = FDistillPipeline(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                            tokenizer=tokenizer, student_t=student_t)
+    pipe = FDistillPipeline(unet=unet, scheduler=scheduler, vae=vae, student_t=student_t)
     pipe.save_pretrained(output_dir)
     return pipe
-
-
-def _as_list(prompt) -> list[str]:
-    return [prompt] if isinstance(prompt, str) else list(prompt)
-
-
-def _condition_counts(prompt, class_labels, prompt_embeds) -> dict[str, int]:
-    """How many prompts / prompt embeddings / class labels the call passes (absent ones left out)."""
-    counts = {}
-    if prompt is not None:
-        counts["prompts"] = len(_as_list(prompt))
-    if prompt_embeds is not None:
-        counts["prompt_embeds"] = prompt_embeds.shape[0]
-    if class_labels is not None:
-        counts["class_labels"] = torch.as_tensor(class_labels).reshape(-1).numel()
-    return counts

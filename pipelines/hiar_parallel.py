@@ -2,7 +2,7 @@
 
 With P = K processes, rank k runs the cells (k, 0), (k, 1), … of step k against its own cache and
 sends each block's re-noised latent x_b^{k+1} to rank k + 1 by point-to-point ``isend``/``recv``;
-rank 0 reads the initial noise from the shared :class:`~.hiar_cell.NoiseBank`, the last rank
+rank 0 reads the initial noise from the shared :class:`~fdistill.models.hiar_cell.NoiseBank`, the last rank
 collects the finished blocks. Every rank draws the re-noising ε(k, b) from the same bank, so the
 video equals the single-process hierarchical (and wavefront) one. After a fill of K − 1 slots all
 ranks work at once: N·K cells in N + K − 1 slots, an ideal speedup of N·K / (N + K − 1). With
@@ -33,9 +33,8 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 from fdistill.models.causal_wan import CausalWanTransformer3DModel
+from fdistill.models.hiar_cell import HiARCells, HiARPlan, NoiseBank
 from fdistill.schedules import NoiseSchedule
-
-from .hiar_cell import HiARCells, HiARPlan, NoiseBank
 
 __all__ = ["generate_video_in_group", "generate_video_pipelined", "ideal_speedup", "steps_of_rank"]
 
@@ -91,7 +90,7 @@ def _device_for(backend: str, local_rank: int) -> torch.device:
 
 def _worker(rank: int, world_size: int, address: str, backend: str, threads: int,
             model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan, condition: Tensor,
-            bank: NoiseBank, video: Tensor, stats: Tensor) -> None:
+            bank: NoiseBank, video: Tensor, stats: Tensor, prefix: Tensor | None) -> None:
     if threads:
         torch.set_num_threads(threads)
     device = _device_for(backend, rank)
@@ -102,7 +101,8 @@ def _worker(rank: int, world_size: int, address: str, backend: str, threads: int
     try:
         model = model.to(device)
         bank = NoiseBank(bank.seed, bank.block_shape, device, bank.dtype, bank.latents)
-        cells = HiARCells(model, schedule, plan, condition.to(device), bank)
+        cells = HiARCells(model, schedule, plan, condition.to(device), bank,
+                          prefix=None if prefix is None else prefix.to(device))
         f = plan.frames_per_block
 
         def store(b: int, x0: Tensor) -> None:
@@ -126,8 +126,12 @@ def _free_address() -> str:
 
 def generate_video_pipelined(model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan,
                              condition: Tensor, bank: NoiseBank, num_processes: int | None = None, *,
-                             threads_per_process: int | None = None, timing: dict | None = None) -> Tensor:
+                             threads_per_process: int | None = None, timing: dict | None = None,
+                             prefix: Tensor | None = None) -> Tensor:
     """Generate latents (B, C, N·F, H, W) with ``num_processes`` local processes (default K).
+
+    ``prefix``: clean latents (B or 1, C, P, H, W) the video continues; each rank writes it into
+    the caches of its own steps (see :class:`~fdistill.models.hiar_cell.HiARCells`).
 
     CPU models run on gloo in processes forked from a fork server (``threads_per_process`` torch threads each; default
     cores // processes); CUDA models on NCCL in spawned processes, rank r on ``cuda:r`` (needs as
@@ -153,7 +157,8 @@ def generate_video_pipelined(model: CausalWanTransformer3DModel, schedule: Noise
         mp.get_context("forkserver").set_forkserver_preload([__name__])
     start = time.perf_counter()
     mp.start_processes(
-        _worker, args=(world, _free_address(), backend, threads, model, schedule, plan, condition, bank, video, stats),
+        _worker, args=(world, _free_address(), backend, threads, model, schedule, plan, condition, bank, video, stats,
+                                None if prefix is None else prefix.cpu()),
         nprocs=world, join=True, start_method=start_method,
     )
     if timing is not None:
@@ -164,9 +169,10 @@ def generate_video_pipelined(model: CausalWanTransformer3DModel, schedule: Noise
 
 def generate_video_in_group(model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan,
                             condition: Tensor, bank: NoiseBank,
-                            on_cell: Callable[[], None] | None = None) -> Tensor:
+                            on_cell: Callable[[], None] | None = None, prefix: Tensor | None = None) -> Tensor:
     """This rank's share of the pipelined order inside an initialised process group (torchrun);
-    every rank returns the whole video (broadcast from the last rank)."""
+    every rank returns the whole video (broadcast from the last rank). ``prefix``: as
+    :func:`generate_video_pipelined`."""
     rank, world = dist.get_rank(), dist.get_world_size()
     steps_of_rank(rank, world, plan.num_steps)
     b, c, f, h, w = bank.block_shape
@@ -175,7 +181,7 @@ def generate_video_in_group(model: CausalWanTransformer3DModel, schedule: NoiseS
     def store(block: int, x0: Tensor) -> None:
         video[:, :, block * f : (block + 1) * f] = x0
 
-    cells = HiARCells(model, schedule, plan, condition, bank)
+    cells = HiARCells(model, schedule, plan, condition, bank, prefix=prefix)
     with torch.no_grad():
         run_rank(cells, rank, world, store, on_cell)
     dist.broadcast(video, src=world - 1)

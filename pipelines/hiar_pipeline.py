@@ -1,6 +1,6 @@
 """HiARPipeline: few-step causal autoregressive video from a ``CausalWanTransformer3DModel`` student.
 
-The video is generated block by block over the HiAR cell grid (``hiar_cell``) in one of four
+The video is generated block by block over the HiAR cell grid (``fdistill.models.hiar_cell``) in one of four
 orders: ``sequential`` (Self-Forcing: each block fully denoised on a clean context),
 ``hierarchical`` (HiAR: step-first, the context at the block's own noise level), ``wavefront``
 (hierarchical, with all independent cells of a slot batched into one forward) and ``pipelined``
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.distributed as dist
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ModelMixin
@@ -30,11 +31,7 @@ from diffusers.video_processor import VideoProcessor
 from torch import Tensor
 
 from fdistill.models.causal_wan import CacheForward, CausalWanTransformer3DModel
-from fdistill.schedules import FlowMatchingSchedule, NoiseSchedule, schedule_from_scheduler
-from fdistill.teachers import LabelEmbedding
-
-from .diffusers_loading import SavesLoaderModule
-from .hiar_cell import (
+from fdistill.models.hiar_cell import (
     CONTEXTS,
     RENOISE_MODES,
     HiARCells,
@@ -45,6 +42,10 @@ from .hiar_cell import (
     denoising_times,
     run_cells,
 )
+from fdistill.schedules import FlowMatchingSchedule, NoiseSchedule, schedule_from_scheduler
+from fdistill.teachers import LabelEmbedding
+
+from .diffusers_loading import SavesLoaderModule
 from .prompts import negative_prompts
 
 __all__ = ["HiARPipeline", "HiARPipelineOutput", "LabelEmbeddingModel", "hiar_pipeline_from_teacher"]
@@ -124,6 +125,8 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
                  order: str = "hierarchical", guidance_scale: float = 1.0):
         super().__init__()
         check_order(order)
+        if frames_per_block < 1:
+            raise ValueError(f"frames_per_block must be >= 1, got {frames_per_block}")
         for name, value, valid in (("context", context, CONTEXTS), ("renoise", renoise, RENOISE_MODES)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
@@ -257,6 +260,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         generator=None,
         guidance_scale: float = 1.0,
         callback_on_step_end=None,
+        frames_per_block: int = 1,
     ) -> None:
         """Raise a ValueError naming the bad value and the valid ones (WanPipeline's checks, then HiAR's)."""
         if callback_on_step_end_tensor_inputs is not None:
@@ -297,8 +301,9 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         if order == "pipelined" and (guidance_scale != 1.0 or callback_on_step_end is not None):
             raise ValueError("order='pipelined' runs its cells in other processes: guidance_scale != 1 and "
                              "callback_on_step_end need a single-process order (sequential, hierarchical, wavefront)")
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        for name, value in (("num_frames", num_frames), ("frames_per_block", frames_per_block)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         factor = self.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
         for name, size in (("height", height), ("width", width)):
             if size < 1 or size % factor:
@@ -388,6 +393,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         fused: bool = True,
         num_processes: int | None = None,
         attention_backend: str = "auto",
+        video: Tensor | np.ndarray | PIL.Image.Image | list[PIL.Image.Image] | None = None,
     ) -> HiARPipelineOutput | tuple:
         r"""Generate videos block by block. Arguments left at None take the pipeline config's value.
 
@@ -427,8 +433,19 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
             num_processes: processes of the "pipelined" order (default K; ignored under torchrun,
                 where the process group decides).
             attention_backend: ``fdistill.kernels`` backend.
+            video: a clip to continue (video-to-video; image-to-video with one frame): (F, C, H, W)
+                in [0, 1] as ``output_type="pt"`` returns one video, a PIL image or a list of them.
+                It is resized to height × width (default: its own size), encoded, and written into
+                every KV cache as clean context (:class:`~fdistill.models.hiar_cell.HiARCells`
+                ``prefix``); the output holds the ``num_frames`` frames after it, not the clip
+                itself. Every order supports it; every video of the batch continues the clip, or
+                (B, F, C, H, W) gives each of the B videos its own.
         """
         cfg = self.config
+        if video is not None:
+            video = self._video_frames(video)
+            height = video.shape[-2] if height is None and cfg.height is None else height
+            width = video.shape[-1] if width is None and cfg.width is None else width
         num_frames, height, width = (cfg[k] if v is None else v for k, v in
                                      (("num_frames", num_frames), ("height", height), ("width", width)))
         missing = [k for k, v in (("num_frames", num_frames), ("height", height), ("width", width)) if v is None]
@@ -441,13 +458,13 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         steps = cfg.denoising_steps if steps is None else steps
         order = cfg.order if order is None else order
         window = cfg.window if window is None else window
-        fpb = frames_per_block or cfg.frames_per_block
+        fpb = cfg.frames_per_block if frames_per_block is None else frames_per_block
         self._guidance_scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         self.check_inputs(prompt, negative_prompt, height, width, prompt_embeds, negative_prompt_embeds,
                           callback_on_step_end_tensor_inputs, labels, num_frames, order, output_type,
-                          num_videos_per_prompt, generator, self._guidance_scale, callback_on_step_end)
+                          num_videos_per_prompt, generator, self._guidance_scale, callback_on_step_end, fpb)
         num_frames = self._round_num_frames(num_frames, fpb)
 
         device = self._execution_device
@@ -469,18 +486,24 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
                         context=context or cfg.context, renoise=renoise or cfg.renoise, fused=fused,
                         attention_backend=attention_backend)
         self._num_timesteps = plan.num_blocks * plan.num_steps
+        prefix = None if video is None else self.encode_video(video, height, width, device)
+        if prefix is not None and prefix.shape[0] not in (1, bank.block_shape[0]):
+            raise ValueError(f"video holds {prefix.shape[0]} clips for {bank.block_shape[0]} videos: pass one clip "
+                             "(every video continues it) or one per video")
 
         if order == "pipelined":
             from .hiar_parallel import generate_video_in_group, generate_video_pipelined
 
             if in_group:
                 with self.progress_bar(total=self._num_timesteps) as bar:
-                    video = generate_video_in_group(self.transformer, schedule, plan, condition, bank, bar.update)
+                    video = generate_video_in_group(self.transformer, schedule, plan, condition, bank, bar.update,
+                                                    prefix=prefix)
             else:
-                video = generate_video_pipelined(self.transformer, schedule, plan, condition, bank, num_processes)
+                video = generate_video_pipelined(self.transformer, schedule, plan, condition, bank, num_processes,
+                                                 prefix=prefix)
         else:
             video = self._run_cells(schedule, plan, condition, bank, order, guided, callback_on_step_end,
-                                    callback_on_step_end_tensor_inputs)
+                                    callback_on_step_end_tensor_inputs, prefix)
 
         frames = self._postprocess(video, output_type)
         self.maybe_free_model_hooks()
@@ -489,11 +512,11 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         return HiARPipelineOutput(frames=frames)
 
     def _run_cells(self, schedule: NoiseSchedule, plan: HiARPlan, condition: Tensor, bank: NoiseBank, order: str,
-                   guided: bool, callback, tensor_inputs: Sequence[str]) -> Tensor:
+                   guided: bool, callback, tensor_inputs: Sequence[str], prefix: Tensor | None = None) -> Tensor:
         """Latents (B, C, N·F, h, w) of a single-process order, with the callback after every cell."""
         blocks: dict[int, Tensor] = {}
         args = (self.transformer, schedule, plan, condition, bank)
-        kwargs = dict(clean_context=order == "sequential", on_block=blocks.__setitem__)
+        kwargs = dict(clean_context=order == "sequential", on_block=blocks.__setitem__, prefix=prefix)
         cells = (_GuidedCells(*args, guidance_scale=lambda: self._guidance_scale, **kwargs) if guided
                  else HiARCells(*args, **kwargs))
         waves = cell_waves(order, plan.num_blocks, plan.num_steps)
@@ -519,6 +542,56 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
 
             run_cells(cells, waves, on_cell)
         return torch.cat([blocks[b] for b in range(plan.num_blocks)], dim=2)
+
+    # -- continuation ------------------------------------------------------------------
+    def _video_frames(self, video) -> Tensor:
+        """Clips as (B or 1, C, F, H, W) in [-1, 1] with the model's channels (grey ↔ RGB as needed)."""
+        if isinstance(video, PIL.Image.Image):
+            video = [video]
+        if isinstance(video, list) and video and all(isinstance(v, PIL.Image.Image) for v in video):
+            video = [v.convert("RGB") for v in video]
+        elif isinstance(video, Tensor | np.ndarray):
+            if video.ndim not in (4, 5) or min(video.shape) < 1:
+                raise ValueError(f"video must be one clip (F, C, H, W) in [0, 1] (as output_type='pt' returns one "
+                                 f"video; (B, F, C, H, W): one per video), a PIL image or a list of them; got shape "
+                                 f"{tuple(video.shape)}")
+            if isinstance(video, Tensor):
+                if video.shape[-3] not in (1, 3):
+                    raise ValueError(f"video must be (F, C, H, W) with C = 1 or 3 channels, got {tuple(video.shape)}")
+                if not torch.isfinite(video).all() or video.min() < 0 or video.max() > 1:
+                    raise ValueError("video frames must be finite values in [0, 1] (as output_type='pt' returns)")
+                video = video.float()
+        else:
+            raise ValueError(f"video must be a tensor (F, C, H, W) in [0, 1], a PIL image or a list of PIL images; "
+                             f"got {type(video).__name__}")
+        frames = self.video_processor.preprocess_video(video)  # (1, C, F, H, W) in [-1, 1]
+        channels = self.vae.config.get("in_channels", 3) if self.vae is not None else self.transformer.config.in_channels
+        if frames.shape[1] != channels:
+            frames = frames.mean(1, keepdim=True).expand(-1, channels, -1, -1, -1)  # grey, or grey as RGB
+        return frames
+
+    def encode_video(self, frames: Tensor, height: int, width: int, device: torch.device) -> Tensor:
+        """Clean latents (B or 1, C, P, h, w) of clips from ``_video_frames`` (resized to height × width):
+        the VAE's (normalised as ``_postprocess`` undoes it) or, without a VAE, the frames themselves.
+        A Wan VAE keeps the clip's last 4k + 1 frames (its temporal grid)."""
+        if tuple(frames.shape[-2:]) != (height, width):
+            b, c, f = frames.shape[:3]
+            frames = torch.nn.functional.interpolate(frames.transpose(1, 2).flatten(0, 1), size=(height, width),
+                                                     mode="bilinear", antialias=True, align_corners=False)
+            frames = frames.unflatten(0, (b, f)).transpose(1, 2)
+        frames = frames.to(device)
+        if self.vae is None:
+            return frames
+        t = self.vae_scale_factor_temporal
+        if t > 1:
+            frames = frames[:, :, -((frames.shape[2] - 1) // t * t + 1):]
+        z = self.vae.encode(frames.to(self.vae.dtype)).latent_dist.mode().float()
+        config = self.vae.config
+        if _is_wan_vae(self.vae):
+            mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1).to(z)
+            std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1).to(z)
+            return (z - mean) / std
+        return z * config.scaling_factor
 
     def _postprocess(self, latents: Tensor, output_type: str):
         if output_type == "latent":

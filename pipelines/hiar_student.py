@@ -17,6 +17,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
+from fdistill.io import atomic_save_file, check_safetensors
 from fdistill.models.causal_wan import CausalWanTransformer3DModel
 from fdistill.teachers import ASSETS, LabelEmbedding
 
@@ -31,19 +32,13 @@ MAKE_STUDENT = "fdistill distill-video --config configs/moving_digits_hiar.yaml"
 def export_hiar_student(model: nn.Module, label_embedding: LabelEmbedding, metadata: dict[str, Any],
                         path: str | Path) -> Path:
     """Write the student asset (atomic rename); ``metadata`` as described in the module docstring."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     state.update({f"label_embedding.{k}": v for k, v in label_embedding.state_dict().items()})
     meta = {**metadata, "model_config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")},
             "label_embedding": label_embedding.config()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"fdistill": json.dumps(meta)})
-    tmp.replace(path)
-    return path
+    return atomic_save_file(state, path, metadata={"fdistill": json.dumps(meta)})
 
 
 def read_hiar_student(path: str | Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -56,6 +51,7 @@ def read_hiar_student(path: str | Path | None = None) -> tuple[dict[str, Any], d
         raise FileNotFoundError(
             f"no HiAR student at {str(path)!r}: train one with `{MAKE_STUDENT}` (it writes "
             "<output_dir>/hiar_student.safetensors) and pass its path, or copy it to that location")
+    check_safetensors(path)
     with safe_open(str(path), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("fdistill", "null") or "null")
     if not isinstance(meta, dict):

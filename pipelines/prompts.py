@@ -1,4 +1,4 @@
-"""Prompt handling shared by the fdistill pipelines."""
+"""Prompt handling of the text-conditional fdistill pipeline (HiARPipeline)."""
 
 from __future__ import annotations
 

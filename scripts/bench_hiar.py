@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from fdistill.models import CausalWanTransformer3DModel
-from fdistill.pipelines.hiar_cell import HiARCells, HiARPlan, NoiseBank, cell_waves, denoising_times, run_cells
+from fdistill.models.hiar_cell import HiARCells, HiARPlan, NoiseBank, cell_waves, denoising_times, run_cells
 from fdistill.pipelines.hiar_parallel import generate_video_pipelined, ideal_speedup
 from fdistill.schedules import FlowMatchingSchedule
 

@@ -1,14 +1,17 @@
 """The main job (``make demo``): distil a one-step JS student from the shipped digits teacher,
 save it as a diffusers pipeline, write a sample grid and print its FID next to the teacher's in
-both digits feature spaces ("classifier" and the independent "classifier_b": another architecture
-and seed), with the ratio student / teacher in each.
+four digits feature spaces, with the ratio student / teacher in each: our two digits classifiers
+("classifier" and "classifier_b", another architecture and seed) and two the project did not design
+("pixels", and "sklearn_mlp": a scikit-learn network fit on scikit-learn's own 8×8 digits).
 
     .venv/bin/python scripts/demo.py [--output outputs/demo] [key=value ...]   # config overrides
 
-Uses configs/digits_js.yaml; resumes if interrupted (run it again). Teacher numbers come from the
-shipped asset's record (measured by scripts/eval_teacher.py with the same metric code); a space the
-record lacks is measured here by sampling the teacher as scripts/eval_teacher.py does (35 NFE per
-image: minutes on a CPU; `scripts/eval_teacher.py digits --run <asset> --update-record` stores it).
+Uses configs/digits_js.yaml; resumes if interrupted (run it again). The scores are those of
+`fdistill eval --pipeline outputs/demo/pipeline` (the same functions, the same defaults): 2,000 samples
+at each of the sample seeds 0, 1, 2, every number the mean ± spread over them. The teacher's come from
+the shipped asset's record (`metrics.reference`, written by `scripts/eval_teacher.py digits --run <asset>
+--update-record` at the same counts); without a matching record the teacher is sampled here (35 NFE per
+image: minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from fdistill.eval.fid import FEATURE_SPACES
-from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sampler
+from fdistill.eval.fid import ALL_FEATURE_SPACES
+from fdistill.eval.pipeline_eval import evaluate_pipeline, format_comparison, teacher_reference
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import DIGITS_TEACHER
 from fdistill.training.checkpoint import read_metrics
@@ -30,20 +33,8 @@ from fdistill.training.config import load_config
 from fdistill.training.distill import DistillConfig, distill
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACES = tuple(FEATURE_SPACES)  # ("classifier", "classifier_b")
-
-
-def teacher_record(num_samples: int | None) -> dict:
-    """The shipped digits teacher's metrics, with `by_features` for every space in SPACES (measured
-    now, as scripts/eval_teacher.py does, for a space the record lacks)."""
-    teacher = json.loads(DIGITS_TEACHER.with_suffix(".json").read_text()).get("metrics", {})
-    if all(name in teacher.get("by_features", {}) for name in SPACES):
-        return teacher
-    from eval_teacher import eval_digits  # scripts/ is on sys.path when this file runs as a script
-
-    n = num_samples or int(teacher.get("num_samples", 2000))
-    print(f"the teacher's record lacks {SPACES} numbers: sampling {n} teacher images (35 NFE each) ...")
-    return eval_digits(DIGITS_TEACHER, n, steps=18, guidance=1.0, seed=int(teacher.get("seed", 0)))[0]
+SPACES = ALL_FEATURE_SPACES  # ("classifier", "classifier_b", "pixels", "sklearn_mlp")
+SEEDS = (0, 1, 2)  # sample seeds, as `fdistill eval` by default
 
 
 def discriminator_summary(metrics_path: Path) -> dict:
@@ -65,7 +56,9 @@ def discriminator_summary(metrics_path: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default=str(ROOT / "outputs/demo"))
-    ap.add_argument("--num-samples", type=int, default=None, help="FID samples (default: as the teacher's record)")
+    ap.add_argument("--num-samples", type=int, default=2000, help="samples per sample seed (default 2000)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="sample seeds (default 0 1 2)")
+    ap.add_argument("--teacher-steps", type=int, default=18, help="the teacher's Heun steps (18 = 35 NFE)")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. objective.divergence=fkl steps=100")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: tiny models gain little from a second thread and lose a lot "
@@ -76,42 +69,38 @@ def main() -> None:
     out = Path(args.output)
     if not DIGITS_TEACHER.is_file():
         raise SystemExit(f"the shipped teacher {DIGITS_TEACHER} is missing: run scripts/train_teachers.sh digits")
-    teacher = teacher_record(args.num_samples)
 
     tic = time.perf_counter()
     cfg = load_config(DistillConfig, ROOT / "configs/digits_js.yaml", [*args.overrides, f"output_dir={out}"])
     distill(cfg, resume="latest")
     train_s = time.perf_counter() - tic
 
-    n = args.num_samples or int(teacher.get("num_samples", 2000))
-    sampler = pipeline_sampler(FDistillPipeline.from_pretrained(out / "pipeline"))
-    images, labels, ips = generate(sampler, n, 250, seed=1234)
-    m = image_metrics(images, labels, feature_spaces=SPACES)
+    pipe = FDistillPipeline.from_pretrained(out / "pipeline")
+    student = evaluate_pipeline(pipe, num_samples=args.num_samples, seeds=args.seeds, feature_spaces=SPACES)
+    teacher, source = teacher_reference(DIGITS_TEACHER, args.num_samples, args.seeds, SPACES, args.teacher_steps)
     from torchvision.utils import save_image
 
-    grid = images[:100].view(10, 10, 1, 16, 16).transpose(0, 1).reshape(100, 1, 16, 16)  # one row per class
-    save_image((grid + 1) / 2, str(out / "samples.png"), nrow=10, padding=1)
+    grid = pipe(class_labels=[c for c in range(10) for _ in range(10)], output_type="pt",
+                generator=torch.Generator().manual_seed(0)).images  # one row per class
+    save_image(grid.view(10, 10, 1, 16, 16).transpose(0, 1).reshape(100, 1, 16, 16), str(out / "samples.png"),
+               nrow=10, padding=1)
     summary = {
-        "student": {"divergence": cfg.objective.divergence, "nfe": 1, "fid": m["fid"], "precision": m["precision"],
-                    "recall": m["recall"], "class_accuracy": m.get("class_accuracy"),
-                    "images_per_second": ips, "train_seconds": train_s, "by_features": m["by_features"]},
-        "teacher": {"nfe": teacher.get("nfe"), "fid": teacher.get("fid_classifier_features"),
-                    "class_accuracy": teacher.get("class_accuracy"), "seed": teacher.get("seed"),
-                    "by_features": {name: teacher["by_features"][name] for name in SPACES}},
+        "command": "make demo (scripts/demo.py); the same scores: fdistill eval --pipeline outputs/demo/pipeline",
+        "student": {"divergence": cfg.objective.divergence, "nfe": 1, "train_seconds": train_s, **student},
+        "teacher": {"nfe": 2 * args.teacher_steps - 1, "source": source, **teacher},
         # FID scales differ between spaces; the ratio is what compares them (goal <= 1.3, paper < 1).
         "fid_ratio_student_over_teacher": {
-            name: m["by_features"][name]["fid"] / teacher["by_features"][name]["fid"] for name in SPACES},
+            name: student["by_features"][name]["fid"]["mean"] / teacher["by_features"][name]["fid"]["mean"]
+            for name in SPACES},
         "discriminator_last_quarter": discriminator_summary(out / "metrics.jsonl"),
-        "num_samples": n, "sample_seed": 1234, "pipeline": str(out / "pipeline"), "grid": str(out / "samples.png"),
+        "pipeline": str(out / "pipeline"), "grid": str(out / "samples.png"),
     }
+    summary = json.loads(json.dumps(summary).replace(str(ROOT) + "/", ""))  # paths inside the checkout
     (out / "demo.json").write_text(json.dumps(summary, indent=1) + "\n")
-    s, t, ratio = summary["student"], summary["teacher"], summary["fid_ratio_student_over_teacher"]
-    fids = lambda r: " | ".join(f"{r['by_features'][name]['fid']:.3g}" for name in SPACES)
-    print(f"\nFID in {' | '.join(SPACES)} features")
-    print(f"student ({s['divergence']}, 1 step): FID {fids(s)}  class acc {s['class_accuracy']:.3f}  "
-          f"{s['images_per_second']:.0f} img/s  (trained in {train_s / 60:.1f} min)")
-    print(f"teacher ({t['nfe']} NFE):        FID {fids(t)}  class acc {t['class_accuracy']:.3f}")
-    print(f"student / teacher:            {' | '.join(f'{ratio[name]:.2f}x' for name in SPACES)}")
+    print()
+    print(format_comparison(student, teacher, f"student (1 step, {cfg.objective.divergence})",
+                            f"teacher ({2 * args.teacher_steps - 1} NFE)"))
+    print(f"  student: {student['images_per_second']:.0f} img/s, trained in {train_s / 60:.1f} min; teacher: {source}")
     d = summary["discriminator_last_quarter"]
     if d:
         print(f"discriminator, last quarter of f-distill (steps {d['from_step']}-{d['to_step']}): loss {d['disc']:.4f} "

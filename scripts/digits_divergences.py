@@ -35,6 +35,7 @@ from filelock import FileLock
 from fdistill.divergences import get_divergence
 from fdistill.eval import FEATURE_SPACES
 from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sampler
+from fdistill.io import atomic_write_text
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
 from fdistill.training.checkpoint import latest_checkpoint
@@ -62,7 +63,7 @@ def teacher_sampler(steps: int):
 
     def sample(labels, g):
         z = torch.randn(len(labels), 1, 16, 16, generator=g)
-        return den.schedule.sample(lambda x, t: den(x, t, labels), z, steps).clamp(-1, 1)
+        return den.sample(z, steps, labels, clamp=1.0)
 
     return sample, den.schedule.nfe(steps)
 
@@ -267,9 +268,7 @@ def print_table(report: dict, spaces: tuple[str, ...]) -> None:
 
 
 def write(report: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file
 
 from fdistill.divergences import get_divergence
+from fdistill.io import atomic_write_text
 from fdistill.models.classifier import load_digits_classifier
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
@@ -66,7 +67,7 @@ def teacher_images(n: int, steps: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 1, 16, 16, generator=g)
     labels = torch.full((n,), den.num_classes)
-    return den.schedule.sample(lambda x, t: den(x, t, labels), z, steps).clamp(-1, 1)
+    return den.sample(z, steps, labels, clamp=1.0)
 
 
 def summarize(curves: list[list[dict]]) -> list[dict]:
@@ -157,9 +158,7 @@ def main() -> None:
 def write(report: dict, args: argparse.Namespace) -> None:
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,20 +33,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from fdistill.data.moving_digits import MovingDigits
-from fdistill.eval import centroid_speed, frame_accuracy, subject_consistency, temporal_flickering
+from fdistill.eval import moving_digits_report
 from fdistill.pipelines import hiar_pipeline_from_teacher, load_hiar_student
 from fdistill.pipelines.hiar_student import read_hiar_student
-from fdistill.teachers import load_moving_digits_teacher
+from fdistill.teachers import load_moving_digits_teacher, sample_teacher
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling scripts, also when imported by a test
-from eval_hiar_teacher import STEPS as TEACHER_STEPS  # noqa: E402
-from eval_teacher import _sample  # noqa: E402
+TEACHER_STEPS = [1000, 750, 500, 250]  # the causal-teacher baseline's steps (as scripts/eval_hiar_teacher.py)
 
 BASELINE, BIDIRECTIONAL, REAL = "causal teacher (baseline)", "bidirectional teacher", "real clips"
 BIDIRECTIONAL_STEPS = 25
@@ -81,8 +78,8 @@ def generate_bidirectional(teacher, labels: torch.Tensor, seeds: list[int], num_
                            size: int, guidance: float) -> tuple[torch.Tensor, float, float]:
     """The teacher's Euler samples (S * B, 1, F, H, W), seed-major, and their (wall, CPU) seconds."""
     tic = _clock()
-    videos = [_sample(teacher, labels, (1, num_frames, size, size), BIDIRECTIONAL_STEPS, guidance, seed,
-                      batch=len(labels)) for seed in seeds]
+    videos = [sample_teacher(teacher, labels, (1, num_frames, size, size), BIDIRECTIONAL_STEPS, guidance, seed,
+                             batch_size=len(labels)) for seed in seeds]
     return torch.cat(videos), *_seconds(tic)
 
 
@@ -92,24 +89,8 @@ def _cost(videos: int, frames: int, wall: float, cpu: float) -> dict:
 
 
 def video_metrics(videos: torch.Tensor, labels: torch.Tensor, edge: int, real_speed: float | None) -> dict:
-    """Accuracy, drift, motion, flickering and consistency of (N, 1, F, H, W) videos with labels (N,)."""
-    frames = videos.shape[2]
-    out = {"frame_accuracy": frame_accuracy(videos, labels),
-           "per_class_accuracy": {int(c): frame_accuracy(videos[labels == c], labels[labels == c])
-                                  for c in labels.unique()}}
-    if frames >= 2 * edge:  # drift needs disjoint first and last segments
-        out["accuracy_first"] = frame_accuracy(videos[:, :, :edge], labels)
-        out["accuracy_last"] = frame_accuracy(videos[:, :, -edge:], labels)
-        out["drift"] = out["accuracy_first"] - out["accuracy_last"]
-    speeds = [centroid_speed(v[None]) for v in videos]
-    out["centroid_speed"] = float(np.mean(speeds))
-    if real_speed is not None:
-        out["motion_ratio"] = out["centroid_speed"] / real_speed
-        # a digit that stands still fails the motion goal on its own, whatever the other videos do
-        out["frozen_fraction"] = float(np.mean([s < GOALS["motion"]["at_least"] * real_speed for s in speeds]))
-    out["temporal_flickering"] = temporal_flickering(videos).mean().item()
-    out["subject_consistency"] = subject_consistency(videos).mean().item()
-    return out
+    """The moving-digits report (:func:`fdistill.eval.moving_digits_report`) with this script's motion goal."""
+    return moving_digits_report(videos, labels, edge, real_speed, frozen_below=GOALS["motion"]["at_least"])
 
 
 def check_goals(row: dict, frames: int) -> dict:
@@ -134,7 +115,7 @@ def _student_settings(path: str, pipe) -> dict:
     cfg = meta.get("config", {})
     return {"asset": path, "made_by": meta.get("command"),
             "trained": {"order": cfg.get("order"), "steps": cfg.get("steps"),
-                        "init_steps": cfg.get("init", {}).get("steps"),
+                        "warmup_steps": cfg.get("warmup", cfg.get("init", {})).get("steps"),  # "init": older students
                         "divergence": cfg.get("objective", {}).get("divergence"),
                         "regulariser": cfg.get("regulariser"), "clip_frames": meta.get("num_frames"),
                         "teacher_guidance_scale": meta.get("teacher_guidance_scale")},

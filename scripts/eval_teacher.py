@@ -5,8 +5,9 @@
     python scripts/eval_teacher.py digits --run fdistill/assets/digits_teacher.safetensors --update-record
 
 digits: class-balanced samples from the EDM Heun sampler (``--steps 18`` = 35 NFE), class accuracy
-by the digits classifier and FID/KID/precision/recall against all 1,797 digits in both digits
-feature spaces ("classifier", and the independent "classifier_b" under ``by_features``; the held-out
+by the digits classifier and FID/KID/precision/recall/density/coverage against all 1,797 digits in
+every digits feature space ("classifier", and under ``by_features`` also the independent
+"classifier_b" and the external "pixels" and "sklearn_mlp"; the held-out
 split's FID against the same reference is reported as the data floor). ``--update-record`` scores a
 shipped asset and merges the new numbers into its record (``<asset>.json`` ``metrics``, read by
 ``scripts/demo.py``), leaving its weights and training summary as they are.
@@ -27,10 +28,10 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from fdistill.eval.fid import FEATURE_SPACES, class_coverage, compute_fid
+from fdistill.eval.fid import ALL_FEATURE_SPACES, class_coverage, compute_fid
 from fdistill.eval.pipeline_eval import image_metrics
-from fdistill.teachers import export_teacher_asset, load_teacher
-from fdistill.training.checkpoint import atomic_write_text
+from fdistill.io import atomic_write_text
+from fdistill.teachers import export_teacher_asset, load_teacher, sample_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,23 +49,6 @@ def _balanced_labels(n: int, num_classes: int = 10) -> torch.Tensor:
     return torch.arange(n) % num_classes
 
 
-@torch.no_grad()
-def _sample(denoiser, labels: torch.Tensor, shape: tuple[int, ...], steps: int, guidance: float,
-            seed: int, batch: int, device: str = "cpu") -> torch.Tensor:
-    """Samples on ``device`` from CPU-drawn noise (the same samples on any device, up to rounding)."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(labels), *shape, generator=g)
-    denoiser = denoiser.to(device)
-    out = []
-    for i in range(0, len(labels), batch):
-        y = labels[i : i + batch].to(device)
-        cond = y if denoiser.label_embedding is None else denoiser.label_embedding(y)
-        x = denoiser.schedule.sample(lambda x, t, c=cond: denoiser(x, t, c, guidance_scale=guidance),
-                                     noise[i : i + batch].to(device), steps)
-        out.append(x.clamp(-1, 1).cpu())
-    return torch.cat(out)
-
-
 def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int,
                 device: str = "cpu") -> tuple[dict, torch.Tensor]:
     from fdistill.data.digits import load_digits_tensors
@@ -72,11 +56,11 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
     denoiser = load_teacher(run)
     labels = _balanced_labels(num_samples)
     tic = time.perf_counter()
-    samples = _sample(denoiser, labels, (1, 16, 16), steps, guidance, seed, batch=500, device=device)
+    samples = sample_teacher(denoiser, labels, (1, 16, 16), steps, guidance, seed, 500, device)
     sample_s = time.perf_counter() - tic
     reference, _ = load_digits_tensors("all")
     test, test_labels = load_digits_tensors("test")
-    m = image_metrics(samples, labels, reference, feature_spaces=tuple(FEATURE_SPACES))
+    m = image_metrics(samples, labels, reference, feature_spaces=ALL_FEATURE_SPACES)
     metrics = {
         "sampler": f"EDM Heun, {steps} steps", "nfe": denoiser.schedule.nfe(steps) * (1 if guidance == 1 else 2),
         "guidance_scale": guidance, "num_samples": num_samples, "seed": seed,
@@ -86,7 +70,7 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
         "by_features": m["by_features"],
         "data_floor": {"fid_test_split_vs_all": compute_fid(test, reference),
                        "fid_test_split_vs_all_by_features": {
-                           name: compute_fid(test, reference, name) for name in FEATURE_SPACES},
+                           name: compute_fid(test, reference, name) for name in ALL_FEATURE_SPACES},
                        "class_accuracy_test_split": class_coverage(test, labels=test_labels)["accuracy"]},
     }
     per_class = max(1, min(10, len(samples) // 10))  # labels cycle 0..9: one row per class
@@ -95,15 +79,9 @@ def eval_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: 
 
 
 def _video_metrics(videos: torch.Tensor, labels: torch.Tensor) -> dict:
-    from fdistill.eval.video import centroid_speed, evaluate_video, frame_accuracy
+    from fdistill.eval.video import moving_digits_report
 
-    return {
-        "frame_accuracy_crop": frame_accuracy(videos, labels, crop=True),
-        "frame_accuracy_full": frame_accuracy(videos, labels, crop=False),
-        "mean_frame_difference": (videos[:, :, 1:] - videos[:, :, :-1]).abs().mean().item(),
-        "centroid_speed_px_per_frame": centroid_speed(videos),
-        **evaluate_video(videos),
-    }
+    return moving_digits_report(videos, labels)
 
 
 def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float, seed: int, device: str = "cpu"):
@@ -116,7 +94,7 @@ def eval_moving_digits(run: Path, num_samples: int, steps: int, guidance: float,
     size = kwargs.get("size", 16)
     labels = _balanced_labels(num_samples)
     tic = time.perf_counter()
-    videos = _sample(denoiser, labels, (1, frames, size, size), steps, guidance, seed, batch=50, device=device)
+    videos = sample_teacher(denoiser, labels, (1, frames, size, size), steps, guidance, seed, 50, device)
     sample_s = time.perf_counter() - tic
     real = MovingDigits(**{**kwargs, "num_videos": num_samples, "seed": 10_000 + seed})
     real_videos, real_labels = real.tensors()
@@ -150,6 +128,8 @@ def main(argv=None) -> None:
     p.add_argument("--report-suffix", default="", help="appended to the report files' names, e.g. _cfg2")
     p.add_argument("--update-record", action="store_true",
                    help="--run is an asset: merge the new metrics into its .json record (weights untouched)")
+    p.add_argument("--reference-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="digits --update-record: the sample seeds of the record's reference (`fdistill eval`'s)")
     args = p.parse_args(argv)
     if args.update_record and (args.run.is_dir() or args.export):
         raise SystemExit("--update-record needs --run <asset .safetensors> and no --export")
@@ -169,6 +149,13 @@ def main(argv=None) -> None:
         save_image((strip + 1) / 2, reports / f"{out}_frames.png", nrow=frames, padding=1)
     parameters = load_teacher(args.run).metadata["parameters"]
     if args.update_record:
+        if args.teacher == "digits":  # the reference `fdistill eval` and scripts/demo.py compare students with
+            from fdistill.eval.pipeline_eval import evaluate_sampler, teacher_sampler
+
+            steps = args.steps or 18
+            sampler = teacher_sampler(load_teacher(args.run), (1, 16, 16), steps, args.guidance)
+            metrics["reference"] = {**evaluate_sampler(sampler, args.num_samples or 2000, 250, args.reference_seeds,
+                                                       feature_spaces=ALL_FEATURE_SPACES), "steps": steps}
         record_path = args.run.with_suffix(".json")
         record = json.loads(record_path.read_text())
         record["metrics"] = {**record.get("metrics", {}), **metrics}  # keeps the training summary

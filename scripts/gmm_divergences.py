@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from fdistill.training.toy import GaussianMixture, distill_gmm, warm_start
+from fdistill.gmm import GaussianMixture
+from fdistill.training.toy import distill_gmm, warm_start
 
 DIVERGENCES = ["reverse_kl", "softened_reverse_kl", "jensen_shannon", "squared_hellinger", "forward_kl",
                "jeffreys", "neyman_chi2", "alpha:1.5"]
@@ -39,7 +40,7 @@ EXTRA_ALPHAS = ["alpha:-0.5", "alpha:0.5"]
 SAME_RUN = {"alpha:0.5": "squared_hellinger (h = √r/4)", "alpha:1": "forward_kl", "alpha:0": "reverse_kl",
             "alpha:-1": "neyman_chi2 (h = 2/r)"}
 DIAGNOSED = ["reverse_kl", "jensen_shannon", "forward_kl"]
-DIAGNOSTICS = {"oracle_ratio": {"discriminator": "oracle"}, "critic5": {"critic_steps": 5}}
+DIAGNOSTICS = {"oracle_ratio": {"oracle_discriminator": True}, "critic5": {"critic_steps": 5}}
 SHORT = {"reverse_kl": "RKL", "softened_reverse_kl": "sRKL", "jensen_shannon": "JS", "squared_hellinger": "SH",
          "forward_kl": "FKL", "jeffreys": "Jeffreys", "neyman_chi2": "Neyman χ²"}
 RATIO_SIGMA = "sigma_0.3"
@@ -200,8 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     diagnose = not args.no_diagnostics
     if args.quick:
         seeds, steps = [0], {"recovery": 40, "ode": 20}
-        overrides = dict(warmup_steps=300, fake_warmup_steps=50, ode_pairs=2048, ode_steps=16, eval_samples=4000,
-                         eval_every=20)
+        overrides = {"warmup.steps": 300, "critic_warmup_steps": 50, "warmup.ode_pairs": 2048, "warmup.ode_steps": 16,
+                     "eval_samples": 4000, "eval_every": 20}
     out = args.out or (Path("/tmp/gmm_quick") if args.quick else Path(__file__).resolve().parents[1] / "reports")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         for setting in ("ode", "recovery"):
             key = f"{scen}/{setting}"
             drop = small if setting == "recovery" else ()
-            kw = dict(overrides, drop_modes=drop)
+            kw = {**overrides, "warmup.drop_modes": list(drop)}
             per_div: dict[str, list] = {n: [] for n in ["init", *names]}
             hist: dict[str, list] = {n: [] for n in names}
             diag: dict[str, list] = {}

@@ -34,14 +34,15 @@ from pathlib import Path
 
 import torch
 
-from fdistill.training.toy import GaussianMixture, distill_gmm, random_mixture, warm_start
+from fdistill.gmm import GaussianMixture, random_mixture
+from fdistill.training.toy import distill_gmm, warm_start
 
 DIVERGENCES = ["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"]
 SETTINGS: dict[str, dict] = {
     "baseline": {},
     "deep_generator": {"generator_depth": 5},
-    "long_warm_start": {"warmup_steps": 6000},
-    "low_sigma": {"objective_t_shift": -1.0},
+    "long_warm_start": {"warmup.steps": 6000},
+    "low_sigma": {"objective.t_shift": -1.0},
 }
 SHORT = {"reverse_kl": "RKL", "jensen_shannon": "JS", "forward_kl": "FKL", "init": "ODE pairs only (init)"}
 KEYS = ("tv", "tv_nearest", "narrow_mass", "narrow_mass_nearest", "narrow_width", "other_width", "precision")
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     count, steps, specs = args.mixtures, args.steps, {s: SETTINGS[s] for s in settings}
     if args.quick:  # the long warm start stays 4× the (shortened) default one
         count, steps = 2, 20
-        common = dict(warmup_steps=300, fake_warmup_steps=50, ode_pairs=2048, ode_steps=16, eval_samples=4000,
-                      eval_every=10)
-        specs = {s: {k: 1200 if k == "warmup_steps" else v for k, v in kw.items()} for s, kw in specs.items()}
+        common = {"warmup.steps": 300, "critic_warmup_steps": 50, "warmup.ode_pairs": 2048, "warmup.ode_steps": 16,
+                  "eval_samples": 4000, "eval_every": 10}
+        specs = {s: {k: 1200 if k == "warmup.steps" else v for k, v in kw.items()} for s, kw in specs.items()}
     out = args.out or (Path("/tmp/gmm_narrow_quick") if args.quick else Path(__file__).resolve().parents[1] / "reports")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         warm_cache: dict = {}  # settings that differ only in the objective share a warm start
         for setting in settings:
             kw = dict(common, **specs[setting])
-            warm_kw = {k: v for k, v in kw.items() if not k.startswith("objective_")}
+            warm_kw = {k: v for k, v in kw.items() if not k.startswith("objective.")}
             key = json.dumps(warm_kw, sort_keys=True)
             if key not in warm_cache:
                 warm_cache[key] = warm_start(mixture, index, **warm_kw)

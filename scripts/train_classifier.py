@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fdistill.data.digits import load_digits_tensors
+from fdistill.io import atomic_write_text
 from fdistill.models.classifier import ARCHITECTURES, ClassifierBase, build_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,9 +68,7 @@ def accuracy(model: ClassifierBase, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def atomic_write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
@@ -32,29 +32,36 @@ TINY_FAMILY_RUN = ("data.num_samples=4 data.sample_steps=2 warmup.steps=1 warmup
 
 # printed command → arguments appended to it (fewer steps, samples, repeats; the CPU for --device cuda)
 APPENDED: dict[str, str] = {
-    "make demo": "DEMO_ARGS='--num-samples 200 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
+    "make demo": "DEMO_ARGS='--num-samples 200 --seeds 0 --teacher-steps 2 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
     "python scripts/demo_grid.py": "--work outputs/dg_readme --output reports/demo_grid_smoke.json "
-                                   "--settings t_shift=-1.0_critic_steps=1 -- --num-samples 100 steps=2 "
-                                   "warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
+                                   "--settings t_shift=-1.0_critic_steps=1 -- --num-samples 100 --seeds 0 "
+                                   "--teacher-steps 2 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
     "fdistill train-teacher --config configs/digits_teacher.yaml --resume latest":
         "steps=2 batch_size=8 checkpoint_every=1 output_dir=runs/digits_teacher_cli",
     "scripts/train_teachers.sh digits": "steps=2 batch_size=8 checkpoint_every=1 -- --num-samples 20 --steps 2",
     "fdistill distill --config configs/digits_js.yaml objective.divergence=forward_kl steps=400 --resume latest":
         "steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",
-    "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100",
+    "fdistill eval --pipeline outputs/digits_js/pipeline --num-samples 2000": "--num-samples 100 --seeds 0 "
+                                                                             "--teacher-steps 2",
     "fdistill distill teacher.kind=pipeline teacher.path=outputs/tiny/sd3 data.name=teacher_samples "
     "'data.prompts=[a cat, a red car]' output_dir=outputs/sd3_student": TINY_FAMILY_RUN,
     "fdistill distill teacher.kind=pipeline teacher.path=outputs/tiny/dit data.name=teacher_samples "
     "output_dir=outputs/dit_student": TINY_FAMILY_RUN,
+    "fdistill distill teacher.kind=pipeline teacher.path=outputs/tiny/sd3 data.name=cache "
+    "data.path=outputs/digit_cache student.lora_rank=8 fake_score.lora_rank=8 output_dir=outputs/sd3_lora":
+        TINY_FAMILY_RUN,
+    "torchrun --standalone --nproc_per_node 2 -m fdistill.cli distill --config configs/digits_js.yaml parallel=fsdp "
+    "output_dir=outputs/digits_fsdp": "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 "
+                                      "critic_warmup_steps=1",
     "python scripts/eval_hiar_student.py --student hierarchical_rkl_reg=fdistill/assets/hiar_student.safetensors "
     "--bidirectional-teacher": "--seeds 1 --frames 12 24 --classes 2 --output reports/hiar_student_smoke.json",
     "fdistill distill-video --config configs/moving_digits_hiar.yaml --resume latest":
-        "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 init.steps=1 "
-        "init.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme "
+        "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 warmup.steps=1 "
+        "warmup.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme "
         "trajectories.cache_dir=outputs/hiar_trajectories_readme",
-    "fdistill distill-video --config configs/moving_digits_hiar.yaml output_dir=/work/runs/hiar_student":
-        "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 init.steps=1 "
-        "init.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme2 "
+    "fdistill distill-video --config configs/moving_digits_hiar.yaml output_dir=runs/hiar_student":
+        "trajectories.count=2 trajectories.steps_per_interval=1 trajectories.batch_size=2 warmup.steps=1 "
+        "warmup.batch_size=2 steps=1 batch_size=2 checkpoint_every=1 output_dir=outputs/hiar_student_readme2 "
         "trajectories.cache_dir=outputs/hiar_trajectories_readme",
     "torchrun --standalone --nproc_per_node 2 -m fdistill.cli distill --config configs/digits_js.yaml":
         "steps=1 warmup.steps=1 warmup.ode_pairs=8 warmup.ode_steps=2 critic_warmup_steps=1 "
@@ -110,10 +117,12 @@ APPENDED: dict[str, str] = {
 # printed command → why the suite does not run it
 SKIPPED: dict[str, str] = {
     "make test": "it is this suite",
+    "torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint head-node:29500 --rdzv_id distill1 "
+    "-m fdistill.cli distill --config my_flux.yaml parallel=fsdp": "needs two machines with 8 GPUs each",
     "python scripts/eval_hiar_student.py --student hierarchical_rkl_reg=fdistill/assets/hiar_student.safetensors "
-    "--student sequential_rkl_reg=/work/runs/hiar_sequential/hiar_student.safetensors "
-    "--student hierarchical_rkl_no_reg=/work/runs/hiar_noreg/hiar_student.safetensors "
-    "--student hierarchical_js_reg=/work/runs/hiar_js/hiar_student.safetensors --bidirectional-teacher":
+    "--student sequential_rkl_reg=runs/hiar_sequential/hiar_student.safetensors "
+    "--student hierarchical_rkl_no_reg=runs/hiar_noreg/hiar_student.safetensors "
+    "--student hierarchical_js_reg=runs/hiar_js/hiar_student.safetensors --bidirectional-teacher":
         "needs the three comparison students (about an hour of CPU training each, not shipped); the same script "
         "runs above on the shipped student",
 }
@@ -126,6 +135,7 @@ class Command:
     kind: str
     text: str
     line: int
+    doc: str = "README.md"
 
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
@@ -169,7 +179,7 @@ def _inline_commands(lines: list[str], first_line: int) -> list[Command]:
     return out
 
 
-def readme_commands(readme: Path) -> list[Command]:
+def _doc_commands(readme: Path) -> list[Command]:
     """The README's commands in order of first appearance (duplicates dropped)."""
     lines = readme.read_text().splitlines()
     commands: list[Command] = []
@@ -193,6 +203,13 @@ def readme_commands(readme: Path) -> list[Command]:
             i = prose_start = j + 1
             continue
         i += 1
+    return commands
+
+
+def readme_commands(*docs: Path) -> list[Command]:
+    """The commands of ``docs`` in order (README.md, then the pages it links), each run once where it first
+    appears."""
+    commands = [replace(c, doc=doc.name) for doc in docs for c in _doc_commands(doc)]
     seen: set[str] = set()
     unique = []
     for c in commands:

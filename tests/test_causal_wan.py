@@ -1,21 +1,10 @@
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from hiar_common import TINY
 
 from fdistill.models import CausalWanTransformer3DModel, KVCache
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    rope_max_seq_len=64,
-)
 WAN21_T2V_1_3B = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=12,
@@ -35,15 +24,9 @@ FRAMES = 6
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return CausalWanTransformer3DModel(**TINY).eval()
-
-
-@pytest.fixture(scope="module")
 def inputs():
     g = torch.Generator().manual_seed(1)
-    latents = torch.randn(2, 4, FRAMES, 4, 6, generator=g)
+    latents = torch.randn(2, TINY["in_channels"], FRAMES, 4, 6, generator=g)
     timesteps = torch.rand(2, FRAMES, generator=g) * 1000  # per frame
     text = torch.randn(2, 5, 32, generator=g)
     return latents, timesteps, text
@@ -188,7 +171,7 @@ def test_window_keeps_cache_memory_flat(model):
     sizes = []
     with torch.no_grad():
         for start in range(0, 24, fpb):
-            block = torch.randn(1, 4, fpb, 4, 4, generator=g)
+            block = torch.randn(1, TINY["in_channels"], fpb, 4, 4, generator=g)
             model(
                 block,
                 torch.full((1,), 500.0),

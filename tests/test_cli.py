@@ -34,23 +34,62 @@ def test_overrides_may_follow_options(capsys):
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
 
 
-def test_eval_reports_metrics_of_a_pipeline(tmp_path, capsys):
+def test_eval_reports_every_space_over_seeds_next_to_its_teacher(tiny_digits_teacher, tmp_path, capsys):
     from diffusers import UNet2DModel
 
+    from fdistill.cli import ALL_SPACES
+    from fdistill.eval import ALL_FEATURE_SPACES
     from fdistill.pipelines import export_pipeline
     from fdistill.schedules import EDMSchedule
+    from fdistill.teachers import export_teacher_asset
 
+    assert ALL_SPACES == ALL_FEATURE_SPACES  # the parser's copy of the names
     torch.manual_seed(0)
     unet = UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4, num_class_embeds=11)
     export_pipeline(unet, EDMSchedule(), tmp_path / "pipe")
-    assert main(["eval", "--pipeline", str(tmp_path / "pipe"), "--num-samples", "40", "--batch-size", "20",
-                 "--output", str(tmp_path / "r.json")]) == 0
+    asset = tmp_path / "teacher.safetensors"
+    export_teacher_asset(tiny_digits_teacher, asset)
+    args = ["eval", "--pipeline", str(tmp_path / "pipe"), "--num-samples", "40", "--batch-size", "20", "--seeds", "0",
+            "1", "--feature-spaces", "classifier", "pixels", "--teacher", str(asset), "--teacher-steps", "2"]
+    assert main([*args, "--output", str(tmp_path / "r.json")]) == 0
+    out, err = capsys.readouterr()
     report = json.loads((tmp_path / "r.json").read_text())
-    assert {"fid", "kid", "precision", "recall", "classes_covered", "images_per_second"} <= set(report)
-    assert report["num_samples"] == 40 and report["fid"] > 0
+    assert set(report["by_features"]) == {"classifier", "pixels"} and report["seeds"] == [0, 1]
+    fid = report["by_features"]["pixels"]["fid"]
+    assert len(fid["per_seed"]) == 2 and fid["spread"] == pytest.approx(max(fid["per_seed"]) - min(fid["per_seed"]))
+    assert fid["mean"] == pytest.approx(sum(fid["per_seed"]) / 2) and fid["per_seed"][0] != fid["per_seed"][1]
+    teacher = report["teacher"]
+    assert teacher["source"].endswith("(sampled now, 2 steps)") and set(teacher["by_features"]) == {"classifier", "pixels"}
+    assert report["fid_ratio_to_teacher"]["pixels"] == pytest.approx(fid["mean"] / teacher["by_features"]["pixels"]
+                                                                    ["fid"]["mean"])
+    assert "over sample seeds 0 1, 40 samples each" in out and "ratio" in out
+    assert "warning: 40 samples per seed is too few for FID and KID" in err
+
+    # a teacher record holding the reference at these counts is read instead of sampling again
+    record = json.loads(asset.with_suffix(".json").read_text())
+    record["metrics"] = {"reference": {**{k: v for k, v in teacher.items() if k != "source"}}}
+    asset.with_suffix(".json").write_text(json.dumps(record))
+    assert main([*args, "--output", str(tmp_path / "r2.json")]) == 0
+    again = json.loads((tmp_path / "r2.json").read_text())
+    assert again["teacher"]["source"].endswith("(recorded)")
+    assert again["teacher"]["by_features"] == teacher["by_features"] and again["by_features"] == report["by_features"]
     assert main(["eval", "--pipeline", str(tmp_path / "missing")]) == 2
+
+
+def test_eval_refuses_a_text_to_image_student(tmp_path, capsys):
+    """A text-to-image student is its teacher's own pipeline class; ``fdistill eval`` scores FDistillPipelines."""
+    from diffusers import StableDiffusionPipeline
+
+    from fdistill.models.tiny_sd import tiny_sd_components
+
+    StableDiffusionPipeline(**tiny_sd_components(), safety_checker=None, feature_extractor=None,
+                            requires_safety_checker=False).save_pretrained(tmp_path / "sd")
+    assert main(["eval", "--pipeline", str(tmp_path / "sd"), "--num-samples", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "fdistill eval: error: this folder has text components (text_encoder, tokenizer)" in err
+    assert "text-to-image students are exported as their teacher's own diffusers pipeline class" in err
 
 
 def config_help(command, capsys):

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from hiar_common import build_config
 from safetensors.torch import load_file
 from torch import nn
 
@@ -13,22 +14,16 @@ from fdistill.density_ratio import RatioNormalizer
 from fdistill.models.discriminator import FeatureHead
 from fdistill.objective import FDistillObjective, ObjectiveConfig
 from fdistill.schedules import EDMSchedule
-from fdistill.training.config import ConfigError, build
+from fdistill.training.config import ConfigError
 from fdistill.training.distill import DistillConfig, FDistill, distill
 
 
 def tiny(teacher, out, **kw) -> DistillConfig:
-    data = {"teacher": {"path": str(teacher), "feature_modules": ["down_blocks.0", "mid_block"]},
-            "warmup": {"steps": 1, "ode_pairs": 8, "ode_steps": 2, "batch_size": 4},
-            "steps": 1, "batch_size": 4, "critic_steps": 1, "checkpoint_every": 1, "log_every": 1,
-            "checkpoints_to_keep": 10, "output_dir": str(out), "export": False, "objective": {"divergence": "js"}}
-    for k, v in kw.items():
-        node = data
-        *parents, leaf = k.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return build(DistillConfig, data)
+    return build_config(DistillConfig, {
+        "teacher": {"path": str(teacher)}, "discriminator": {"feature_modules": ["down_blocks.0", "mid_block"]},
+        "warmup": {"steps": 1, "ode_pairs": 8, "ode_steps": 2, "batch_size": 4},
+        "steps": 1, "batch_size": 4, "critic_steps": 1, "checkpoint_every": 1, "log_every": 1,
+        "checkpoints_to_keep": 10, "output_dir": str(out), "export": False, "objective": {"divergence": "js"}}, **kw)
 
 
 def test_updates_per_step_follow_the_phases(tiny_digits_teacher, tmp_path):
@@ -143,9 +138,9 @@ def test_demo_config_taps_levels_of_the_shipped_teacher():
     from fdistill.training.config import load_config
 
     cfg = load_config(DistillConfig, Path(__file__).parents[1] / "configs" / "digits_js.yaml")
-    assert len(cfg.teacher.feature_modules) == 5 and cfg.discriminator.head == "conv"
+    assert len(cfg.discriminator.feature_modules) == 5 and cfg.discriminator.head == "conv"
     assert cfg.optim.lr_head > cfg.optim.lr_critic and cfg.critic_warmup_steps > 0
-    den = load_digits_teacher(feature_modules=cfg.teacher.feature_modules)  # raises on a name the UNet lacks
+    den = load_digits_teacher(feature_modules=cfg.discriminator.feature_modules)  # raises on a name the UNet lacks
     feats = den.features(torch.randn(2, 1, 16, 16), torch.ones(2), torch.tensor([1, 2]))
     assert all(f.ndim == 4 for f in feats)  # maps, as the conv head needs
 
@@ -154,7 +149,8 @@ def test_resume_inside_the_critic_warmup_is_bit_exact(tiny_digits_teacher, tmp_p
     kw = dict(warmup__steps=1, critic_warmup_steps=2, critic_steps=2, steps=1)
     full = distill(tiny(tiny_digits_teacher, tmp_path / "full", **kw))
     distill(tiny(tiny_digits_teacher, tmp_path / "cut", **{**kw, "critic_warmup_steps": 1, "steps": 0}))
-    resumed = distill(tiny(tiny_digits_teacher, tmp_path / "cut", **kw), resume="latest")  # from step 2 of 4
+    # the cut run ends inside the critic warm-up by having a shorter one: the resume changes that setting
+    resumed = distill(tiny(tiny_digits_teacher, tmp_path / "cut", **kw, resume_changes=True), resume="latest")
     for name in ("student", "fake_score", "discriminator_head", "ema", "ratio_normalizer"):
         a = load_file(str(full / "checkpoint-4" / f"{name}.safetensors"))
         b = load_file(str(resumed / "checkpoint-4" / f"{name}.safetensors"))

@@ -21,7 +21,7 @@ def script():
 
 
 def test_report_rows_metrics_and_goals(script, teacher_dir, tmp_path, capsys):  # noqa: F811
-    run = distill_video(tiny_config(teacher_dir, tmp_path / "run", steps=1, **{"init.steps": 0}))
+    run = distill_video(tiny_config(teacher_dir, tmp_path / "run", steps=1, **{"warmup.steps": 0}))
     out = tmp_path / "report" / "hiar_student.json"
     script.main(["--student", f"tiny={run / 'hiar_student.safetensors'}", "--teacher", str(teacher_dir),
                  "--bidirectional-teacher", "--seeds", "1", "--frames", "4", "8", "--classes", "2", "--edge", "4",

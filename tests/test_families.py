@@ -139,12 +139,13 @@ def training_forward(folders, students, name, z, items):
     """The student's training-time forward (OneStepGenerator over the family adapter) on the exported weights."""
     from fdistill.denoisers import Denoiser
     from fdistill.training.distill import OneStepGenerator
-    from fdistill.training.distill_config import TeacherSpec
+    from fdistill.training.distill_config import DataSpec, TeacherSpec
     from fdistill.training.sources import load_teacher_for
 
-    size = RESOLUTION.get(name)
+    data = DataSpec(name="teacher_samples", prompts=PROMPTS if FAMILIES[name].conditioning == "text" else [],
+                    resolution=RESOLUTION.get(name))
     teacher = load_teacher_for(TeacherSpec(kind="pipeline", path=str(folders / name)), GUIDANCE.get(name, 1.5),
-                               torch.device("cpu"), PROMPTS if FAMILIES[name].conditioning == "text" else [], size)
+                               torch.device("cpu"), data)
     fam = teacher.components["family"]
     exported = getattr(stock(students / name / "pipeline"), fam.denoiser_name)
     student = OneStepGenerator(Denoiser(FamilyNet(exported, fam), fam.schedule, "condition"), teacher.student_t,
@@ -205,7 +206,7 @@ def test_export_keeps_the_teachers_scheduler_options_and_makes_one_step_trailing
     for name in TINY_FAMILIES:
         teacher = json.loads((folders / name / "scheduler" / "scheduler_config.json").read_text())
         student = json.loads((students / name / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
-        for key in ("beta_start", "beta_end", "beta_schedule", "prediction_type", "shift"):
+        for key in ("beta_start", "beta_end", "beta_schedule", "prediction_type", "shift", "clip_sample"):
             if key in teacher and key in student and (name, key) != ("flux", "shift"):  # Flux's is resolved
                 assert student[key] == teacher[key], (name, key)
         if "timestep_spacing" in student:

@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 from tolerances import assert_close_up_to_rounding
 
 from fdistill.data import load_digits_tensors
-from fdistill.eval.fid import FEATURE_SPACES, extract_features, get_feature_extractor, resolve_classifier
+from fdistill.eval.fid import (
+    ALL_FEATURE_SPACES,
+    FEATURE_SPACES,
+    extract_features,
+    get_feature_extractor,
+    resolve_classifier,
+)
 from fdistill.eval.pipeline_eval import image_metrics
 from fdistill.models.classifier import (
     ASSET_NAME_B,
@@ -63,7 +69,7 @@ def test_image_metrics_reports_each_requested_space():
     assert "by_features" not in plain  # the default keeps today's report shape
     assert set(both["by_features"]) == {"classifier", "classifier_b"}
     for space in both["by_features"].values():
-        assert set(space) == {"fid", "kid", "precision", "recall"} and space["fid"] > 0
+        assert set(space) == {"fid", "kid", "precision", "recall", "density", "coverage"} and space["fid"] > 0
     assert both["by_features"]["classifier"]["fid"] == pytest.approx(plain["fid"], rel=1e-9)
     assert both["fid"] == pytest.approx(plain["fid"], rel=1e-9)
     assert both["by_features"]["classifier_b"]["fid"] != pytest.approx(plain["fid"], rel=1e-3)
@@ -99,27 +105,14 @@ def test_eval_teacher_update_record_adds_both_spaces_and_keeps_the_rest(tiny_dig
                  "--threads", "1", "--reports", str(tmp_path / "reports")])
     metrics = json.loads(asset.with_suffix(".json").read_text())["metrics"]
     assert metrics["steps"] == 2 and metrics["train_wall_s"] == 1.0  # training summary kept
-    assert set(metrics["by_features"]) == set(FEATURE_SPACES) and metrics["seed"] == 0
+    assert set(metrics["by_features"]) == set(ALL_FEATURE_SPACES) and metrics["seed"] == 0
     assert metrics["by_features"]["classifier"]["fid"] == pytest.approx(metrics["fid_classifier_features"])
+    reference = metrics["reference"]  # what `fdistill eval` reads instead of sampling the teacher again
+    assert reference["seeds"] == [0, 1, 2] and reference["num_samples"] == 20 and reference["steps"] == 2
+    assert set(reference["by_features"]) == set(ALL_FEATURE_SPACES)
     assert asset.read_bytes() == weights  # only the record changes
     with pytest.raises(SystemExit, match="update-record"):
         module.main(["digits", "--run", str(tiny_digits_teacher), "--update-record"])
-
-
-def test_demo_measures_the_teacher_in_spaces_its_record_lacks(tiny_digits_teacher, tmp_path, monkeypatch):
-    from fdistill.teachers import export_teacher_asset
-
-    asset = tmp_path / "digits_teacher.safetensors"
-    export_teacher_asset(tiny_digits_teacher, asset, metrics={"fid_classifier_features": 1.0, "num_samples": 10})
-    monkeypatch.syspath_prepend(str(EVAL_TEACHER.parent))  # as when scripts/demo.py runs as a script
-    demo = load_script("demo")
-    monkeypatch.setattr(demo, "DIGITS_TEACHER", asset)
-    measured = demo.teacher_record(None)
-    assert set(measured["by_features"]) == set(FEATURE_SPACES) and measured["num_samples"] == 10
-    record = json.loads(asset.with_suffix(".json").read_text())
-    record["metrics"]["by_features"] = measured["by_features"]
-    asset.with_suffix(".json").write_text(json.dumps(record))
-    assert demo.teacher_record(None) == record["metrics"]  # a complete record is used as it is
 
 
 def test_divergence_study_pairs_each_model_with_reverse_kl_on_the_same_seed():

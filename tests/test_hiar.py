@@ -14,7 +14,7 @@ from hiar_common import SCHEDULE, TINY
 from tolerances import assert_close_up_to_rounding
 
 from fdistill.models import CacheForward, CausalWanTransformer3DModel
-from fdistill.pipelines.hiar_cell import (
+from fdistill.models.hiar_cell import (
     HiARCells,
     HiARPlan,
     NoiseBank,

@@ -77,21 +77,45 @@ def test_missing_defaults_are_named():
 
 
 @pytest.mark.skipif(not MOVING_DIGITS_TEACHER.exists(), reason="moving-digits teacher asset not trained yet")
-def test_readme_video_quick_start(tmp_path, monkeypatch):
-    """README: build from the teacher, save, then `fdistill sample-video outputs/hiar --order wavefront
-    --seed 0 --output video.gif` with no size flags."""
-    import imageio.v2 as imageio
+def test_readme_video_quick_start_reproduces_itself(tmp_path, monkeypatch):
+    """README "Video: HiAR schedules": the snippet builds from the teacher and saves; its first `sample-video` line,
+    with no size flags, writes the snippet's video (the same label, seed and saved settings)."""
+    import shlex
+    from pathlib import Path
+
+    import numpy as np
+    from readme_commands import readme_commands
 
     from fdistill.cli import main
-    from fdistill.pipelines import hiar_pipeline_from_teacher
 
-    pipe = hiar_pipeline_from_teacher()
-    assert (pipe.config.num_frames, pipe.config.height, pipe.config.width) == (12, 16, 16)  # the teacher's clips
+    commands = readme_commands(Path(__file__).resolve().parents[1] / "README.md")
+    snippet = next(c.text for c in commands if c.kind == "python" and "hiar_pipeline_from_teacher(" in c.text)
+    line = next(c.text for c in commands if c.text.startswith("fdistill sample-video outputs/hiar "))
     monkeypatch.chdir(tmp_path)
-    pipe.save_pretrained("outputs/hiar")
-    assert main(["sample-video", "outputs/hiar", "--order", "wavefront", "--seed", "0", "--output", "video.gif"]) in (
-        0, None)
-    assert len(imageio.mimread("video.gif")) == 12
+    scope: dict = {}
+    exec(snippet, scope)
+    saved = HiARPipeline.from_pretrained("outputs/hiar").config
+    assert (saved.num_frames, saved.height, saved.width, saved.window) == (12, 16, 16, 8)  # the teacher's clips
+    words = shlex.split(line)[1:]
+    words[words.index("--output") + 1] = "video.npy"
+    assert main(words) == 0
+    video = np.load("video.npy")  # (1, 12, 16, 16, 1), the model's one channel
+    np.testing.assert_allclose(video.repeat(3, axis=-1), scope["out"].frames, atol=1e-5)
+
+
+def test_sample_video_help_says_the_default_label(capsys):
+    from fdistill.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sample-video", "--help"])
+    assert "Default: the null label, an unconditional video" in " ".join(capsys.readouterr().out.split())
+
+
+def test_frames_per_block_zero_is_refused_not_replaced(pipe):
+    with pytest.raises(ValueError, match=r"^frames_per_block must be >= 1, got 0$"):
+        pipe(labels=[3], frames_per_block=0)
+    with pytest.raises(ValueError, match=r"^frames_per_block must be >= 1, got 0$"):
+        tiny_hiar(frames_per_block=0)
 
 
 # -- num_frames rounding, num_inference_steps -----------------------------------------------------

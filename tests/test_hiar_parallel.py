@@ -8,7 +8,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from hiar_common import SCHEDULE, TINY
 
 from fdistill.models import CausalWanTransformer3DModel
-from fdistill.pipelines.hiar_cell import HiARPlan, NoiseBank, denoising_times, generate_video
+from fdistill.models.hiar_cell import HiARPlan, NoiseBank, denoising_times, generate_video
 from fdistill.pipelines.hiar_parallel import generate_video_pipelined, ideal_speedup, steps_of_rank
 from fdistill.pipelines.hiar_pipeline import HiARPipeline, LabelEmbeddingModel
 

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hiar_common import TINY_1CH, build_config
 
 from fdistill.models.causal_wan import CausalWanTransformer3DModel
-from fdistill.training.config import ConfigError, build
+from fdistill.training.config import ConfigError
 from fdistill.training.hiar import HiARConfig, HiARStudent, distill_video, regulariser_target, self_rollout
 
-TINY_WAN = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=8, in_channels=1, out_channels=1,
-                text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=64)
+TINY_WAN = TINY_1CH
 
 
 @pytest.fixture(scope="module")
@@ -35,28 +35,21 @@ def teacher_dir(tmp_path_factory) -> Path:
 
 
 def tiny_config(teacher_dir: Path, out: Path, **kw) -> HiARConfig:
-    data = {
-        "teacher_path": str(teacher_dir), "output_dir": str(out), "batch_size": 2, "steps": 2, "critic_steps": 1,
+    return build_config(HiARConfig, {
+        "teacher": {"path": str(teacher_dir)}, "output_dir": str(out), "batch_size": 2, "steps": 2, "critic_steps": 1,
         "log_every": 1, "checkpoint_every": 2, "progress": False, "ema_decay": 0.5,
         "clip": {"num_frames": 4, "frames_per_block": 2, "denoising_steps": [1000, 500]},
         "trajectories": {"count": 4, "steps_per_interval": 2, "batch_size": 4, "cache_dir": str(out.parent / "traj")},
-        "init": {"steps": 2, "batch_size": 2},
+        "warmup": {"steps": 2, "batch_size": 2},
         "optim": {"lr_generator": 1e-3, "lr_critic": 1e-3},
         "discriminator": {"feature_modules": ["blocks.1"], "hidden": 8},
-    }
-    for key, value in kw.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return build(HiARConfig, data)
+    }, **kw)
 
 
 @pytest.mark.parametrize("order", ["hierarchical", "sequential"])
 @pytest.mark.parametrize("context", ["next", "same"])
 def test_gradients_reach_only_exit_step_forwards(order, context):
-    from fdistill.pipelines.hiar_cell import HiARPlan
+    from fdistill.models.hiar_cell import HiARPlan
     from fdistill.schedules import FlowMatchingSchedule
 
     torch.manual_seed(0)
@@ -96,15 +89,18 @@ def test_regulariser_target_is_teacher_first_step_x0(teacher_dir, tmp_path):
 
 
 def test_trajectories_are_cached_by_settings(teacher_dir, tmp_path):
+    from fdistill.training.cache import cache_path
+
     cfg = tiny_config(teacher_dir, tmp_path / "run")
     a = HiARStudent(cfg, torch.device("cpu"))
     first = a.load_trajectories(write=True)
-    assert a.trajectory_path().is_file()
+    path = cache_path(cfg.trajectories.cache_dir, "trajectories", a.trajectory_settings())
+    assert path.is_file()
     again = HiARStudent(cfg, torch.device("cpu")).load_trajectories(write=False)
     assert torch.equal(first["states"], again["states"])
     other = HiARStudent(tiny_config(teacher_dir, tmp_path / "run", **{"trajectories.guidance_scale": 3.0}),
                         torch.device("cpu"))
-    assert other.trajectory_path() != a.trajectory_path()
+    assert cache_path(cfg.trajectories.cache_dir, "trajectories", other.trajectory_settings()) != path
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "jensen_shannon"])
@@ -114,8 +110,8 @@ def test_trains_each_stage_and_resumes_bit_exactly(teacher_dir, tmp_path, diverg
     kw = {"objective.divergence": divergence, "objective.gan_weight": 0.0}
     full = distill_video(tiny_config(teacher_dir, tmp_path / "full", **kw))
     records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in records] == ["init", "init", "distill", "distill"]
-    assert "init_mse" in records[0] and "fake_score" in records[2]
+    assert [r["phase"] for r in records] == ["warmup", "warmup", "distill", "distill"]
+    assert "ode_mse" in records[0] and "fake_score" in records[2]
     assert any(k in records[2] for k in ("dm", "reg_mse"))
 
     a = load_file(full / "hiar_student.safetensors")
@@ -134,7 +130,7 @@ def test_trains_each_stage_and_resumes_bit_exactly(teacher_dir, tmp_path, diverg
 def test_load_hiar_student_generates_with_no_arguments(teacher_dir, tmp_path):
     from fdistill.pipelines import load_hiar_student
 
-    out = distill_video(tiny_config(teacher_dir, tmp_path / "run", steps=1, **{"init.steps": 0}))
+    out = distill_video(tiny_config(teacher_dir, tmp_path / "run", steps=1, **{"warmup.steps": 0}))
     pipe = load_hiar_student(out / "hiar_student.safetensors")
     pipe.set_progress_bar_config(disable=True)
     frames = pipe().frames
@@ -186,7 +182,7 @@ def test_cli_has_distill_video():
 
 def test_sequential_order_with_block_causal_regulariser_trains(teacher_dir, tmp_path):
     cfg = tiny_config(teacher_dir, tmp_path / "run", order="sequential", steps=3, export=False,
-                      **{"init.steps": 0, "regulariser.attention": "block_causal"})
+                      **{"warmup.steps": 0, "regulariser.attention": "block_causal"})
     out = distill_video(cfg)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(r["phase"] == "distill" for r in records)
@@ -204,3 +200,15 @@ def test_uniform_dm_times_follow_the_reference(teacher_dir, tmp_path):
     assert t.min() >= 0.02 and t.max() <= 0.98
     u = torch.rand(4096, generator=torch.Generator().manual_seed(0))  # the same first draw, warped by shift 5
     torch.testing.assert_close(t, (5 * u / (1 + 4 * u)).clamp(0.02, 0.98))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("init.steps=5", "renamed setting: init.steps → warmup.steps"),
+    ("teacher_path=x", "renamed setting: teacher_path → teacher.path"),
+])
+def test_renamed_keys_name_their_new_name(override, message):
+    from fdistill.training.config import load_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "moving_digits_hiar.yaml"
+    with pytest.raises(ConfigError, match=message):
+        load_config(HiARConfig, config, [override])

@@ -6,18 +6,18 @@ from fdistill.density_ratio import RatioNormalizer, density_ratio, normalize_wei
 
 def test_dm_loss_gradient_is_weighted_score_difference():
     x0 = torch.randn(4, 3, 5, 5, requires_grad=True)
-    real, fake, h = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5), torch.rand(4) + 0.5
-    losses.distribution_matching_loss(x0, real, fake, h).backward()
-    scale = (x0.detach() - real).abs().flatten(1).mean(1).reshape(-1, 1, 1, 1)
-    expected = h.reshape(-1, 1, 1, 1) * (fake - real) / scale / x0.numel()
+    x0_p, x0_q, h = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5), torch.rand(4) + 0.5
+    losses.distribution_matching_loss(x0, x0_p, x0_q, h).backward()
+    scale = (x0.detach() - x0_p).abs().flatten(1).mean(1).reshape(-1, 1, 1, 1)
+    expected = h.reshape(-1, 1, 1, 1) * (x0_q - x0_p) / scale / x0.numel()
     torch.testing.assert_close(x0.grad, expected)
 
 
 def test_dm_loss_without_weight_is_reverse_kl():
     x0 = torch.randn(3, 8, requires_grad=True)
-    real, fake = torch.randn(3, 8), torch.randn(3, 8)
-    a = torch.autograd.grad(losses.distribution_matching_loss(x0, real, fake), x0)[0]
-    b = torch.autograd.grad(losses.distribution_matching_loss(x0, real, fake, torch.ones(3)), x0)[0]
+    x0_p, x0_q = torch.randn(3, 8), torch.randn(3, 8)
+    a = torch.autograd.grad(losses.distribution_matching_loss(x0, x0_p, x0_q), x0)[0]
+    b = torch.autograd.grad(losses.distribution_matching_loss(x0, x0_p, x0_q, torch.ones(3)), x0)[0]
     torch.testing.assert_close(a, b)
 
 

@@ -1,4 +1,5 @@
-"""README.md runs as printed: every shell command and Python snippet (tests/readme_commands.py)."""
+"""README.md and the results page it links (docs/results.md) run as printed: every shell command and Python
+snippet (tests/readme_commands.py), README first."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from readme_commands import APPENDED, SKIPPED, Command, as_run, readme_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-COMMANDS = readme_commands(README)
+DOCS = (README, ROOT / "docs" / "results.md")
+COMMANDS = readme_commands(*DOCS)
 TIMEOUT_S = 600
+
+
+def test_the_readme_links_each_page_the_suite_runs():
+    text = README.read_text()
+    assert all(f"]({doc.relative_to(ROOT)})" in text for doc in DOCS[1:])
 
 
 def test_readme_has_commands_and_the_override_lists_are_current():
@@ -43,7 +50,7 @@ def scratch(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("readme")
     for name in ("Makefile", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, work / name)  # copy2 keeps mtimes: make sees the installed stamp as fresh
-    for name in ("configs", "scripts", "fdistill/assets"):
+    for name in ("configs", "scripts", "fdistill/assets", "docs"):
         shutil.copytree(ROOT / name, work / name)
     return work
 
@@ -55,11 +62,11 @@ def _env() -> dict[str, str]:
             "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=[f"L{c.line}" for c in COMMANDS])
+@pytest.mark.parametrize("command", COMMANDS, ids=[f"{Path(c.doc).stem}:L{c.line}" for c in COMMANDS])
 def test_readme_command_runs(command: Command, scratch: Path):
     if command.kind == "python":
         # not in the scratch root: its fdistill/assets/ copy would shadow the installed package on sys.path[0]
-        script = scratch / "readme_snippets" / f"snippet_L{command.line}.py"
+        script = scratch / "readme_snippets" / f"snippet_{Path(command.doc).stem}_L{command.line}.py"
         script.parent.mkdir(exist_ok=True)
         script.write_text(command.text)
         argv, shell = [sys.executable, str(script)], False
@@ -70,5 +77,13 @@ def test_readme_command_runs(command: Command, scratch: Path):
         argv, shell = run, True
     res = subprocess.run(argv, shell=shell, cwd=scratch, env=_env(), capture_output=True, text=True,
                          timeout=TIMEOUT_S, executable="/bin/bash" if shell else None)
-    assert res.returncode == 0, (f"README line {command.line} failed (exit {res.returncode}):\n{command.text}\n"
+    assert res.returncode == 0, (f"{command.doc} line {command.line} failed (exit {res.returncode}):\n{command.text}\n"
                                  f"--- stdout ---\n{res.stdout[-3000:]}\n--- stderr ---\n{res.stderr[-3000:]}")
+
+
+def test_readme_lists_every_divergence_the_registry_accepts():
+    from fdistill.divergences import ALIASES, available_divergences
+
+    text = README.read_text()
+    missing = [name for name in [*available_divergences(), *ALIASES] if f"`{name}`" not in text]
+    assert not missing, f"README does not list {missing}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from hiar_common import TINY_1CH
 from safetensors.torch import load_file
 from tolerances import assert_close_up_to_rounding
 
@@ -34,11 +35,7 @@ TINY_UNET = {
     "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
     "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8, "norm_num_groups": 4,
 }
-TINY_WAN = {
-    "patch_size": [1, 2, 2], "num_attention_heads": 2, "attention_head_dim": 8, "in_channels": 1,
-    "out_channels": 1, "text_dim": 8, "freq_dim": 16, "ffn_dim": 16, "num_layers": 1,
-    "rope_max_seq_len": 32,
-}
+TINY_WAN = dict(TINY_1CH, num_layers=1, text_dim=8, ffn_dim=16, rope_max_seq_len=32)  # one-layer teacher
 
 
 def digits_config(tmp_path, **changes) -> TeacherConfig:

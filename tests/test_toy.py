@@ -5,19 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from fdistill.training.toy import (
-    GaussianMixture,
-    GMMConfig,
-    OracleDiscriminator,
-    distill_gmm,
-    log_kde,
-    mode_metrics,
-    random_mixture,
-    warm_start,
-)
+from fdistill.gmm import GaussianMixture, mode_metrics, random_mixture
+from fdistill.gmm_diagnostics import OracleDiscriminator, log_kde
+from fdistill.training.config import ConfigError
+from fdistill.training.toy import GMMConfig, distill_gmm, warm_start
 
-TINY = dict(warmup_steps=300, fake_warmup_steps=10, batch_size=128, ode_pairs=1024, ode_steps=16, eval_samples=1000,
-            critic_steps=1, width=32, disc_width=32, eval_every=5, check_samples=1024)
+TINY = {"warmup.steps": 300, "critic_warmup_steps": 10, "batch_size": 128, "warmup.ode_pairs": 1024,
+        "warmup.ode_steps": 16, "eval_samples": 1000, "critic_steps": 1, "width": 32, "discriminator.hidden": 32,
+        "eval_every": 5, "check_samples": 1024}
 
 
 @pytest.fixture(autouse=True)
@@ -68,10 +63,10 @@ def test_random_mixture_is_seeded_with_one_narrow_mode():
 
 def test_generator_depth_sets_the_generator_layers():
     gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3)
-    kw = dict(TINY, warmup_steps=2, fake_warmup_steps=1)
-    linear = [k for k in warm_start(gmm, seed=0, generator_depth=5, **kw).generator if k.endswith("weight")]
+    kw = {**TINY, "warmup.steps": 2, "critic_warmup_steps": 1}
+    linear = [k for k in warm_start(gmm, seed=0, generator_depth=5, **kw).student if k.endswith("weight")]
     assert len(linear) == 6  # 5 hidden layers and the output layer (default depth 3: 4)
-    assert len([k for k in warm_start(gmm, seed=0, **kw).generator if k.endswith("weight")]) == 4
+    assert len([k for k in warm_start(gmm, seed=0, **kw).student if k.endswith("weight")]) == 4
     with pytest.raises(ValueError, match="generator_depth"):
         GMMConfig(generator_depth=0)
 
@@ -110,10 +105,11 @@ def test_distill_gmm_runs_the_shared_objective():
 
 def test_warm_start_is_shared_across_divergences():
     gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3, [0.9, 0.1])
-    warm = warm_start(gmm, seed=1, drop_modes=(1,), **TINY)
+    drop = {**TINY, "warmup.drop_modes": (1,)}
+    warm = warm_start(gmm, seed=1, **drop)
     assert warm.metrics["mode_mass"][1] == 0.0  # the ODE pairs lack mode 1
-    a = distill_gmm(gmm, "reverse_kl", steps=3, seed=1, init=warm, drop_modes=(1,), **TINY)
-    b = distill_gmm(gmm, "reverse_kl", steps=3, seed=1, drop_modes=(1,), **TINY)
+    a = distill_gmm(gmm, "reverse_kl", steps=3, seed=1, init=warm, **drop)
+    b = distill_gmm(gmm, "reverse_kl", steps=3, seed=1, **drop)
     torch.testing.assert_close(a.samples, b.samples)
     assert a.metrics["dropped_weight"] == pytest.approx(0.1)
     assert "ratio_check" not in a.metrics  # reverse-KL reads no ratio, so it trains no discriminator
@@ -121,21 +117,36 @@ def test_warm_start_is_shared_across_divergences():
         distill_gmm(gmm, "js", steps=1, seed=1, init=warm, **TINY)
 
 
-def test_distill_gmm_rejects_unknown_options():
+def test_warm_start_cache_is_keyed_by_its_settings(tmp_path):
+    gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3, [0.7, 0.3])
+    kw = {**TINY, "warmup.steps": 3, "critic_warmup_steps": 1}
+    made = warm_start(gmm, seed=0, cache_dir=tmp_path, **kw)
+    assert len(list(tmp_path.glob("gmm_warm_start-*.safetensors"))) == 1
+    again = warm_start(gmm, seed=0, cache_dir=tmp_path, **kw)  # read back, not retrained
+    torch.testing.assert_close(again.samples, made.samples, rtol=0, atol=0)
+    assert again.student.keys() == made.student.keys() and again.metrics == made.metrics
+    warm_start(gmm, seed=0, cache_dir=tmp_path, **{**kw, "warmup.steps": 4})
+    assert len(list(tmp_path.glob("gmm_warm_start-*.safetensors"))) == 2  # another setting, another entry
+
+
+def test_distill_gmm_rejects_unknown_and_renamed_options():
     gmm = GaussianMixture.ring(4)
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown key"):
         distill_gmm(gmm, "js", bogus=1)
     with pytest.raises(ValueError, match="unknown divergence"):
         distill_gmm(gmm, "nope", steps=1)
-    with pytest.raises(ValueError, match="discriminator"):
-        distill_gmm(gmm, "js", steps=1, discriminator="exact")
+    for old, new in [("warmup_steps", "warmup.steps"), ("fake_warmup_steps", "critic_warmup_steps"),
+                     ("drop_modes", "warmup.drop_modes"), ("objective_gan_weight", "objective.gan_weight"),
+                     ("discriminator", "oracle_discriminator=True")]:
+        with pytest.raises(ConfigError, match=f"renamed setting: {old}.*{new}"):
+            distill_gmm(gmm, "js", steps=1, **{old: "oracle" if old == "discriminator" else 1})
 
 
-@pytest.mark.parametrize("discriminator", ["learned", "oracle"])
-def test_killed_toy_run_resumes_bit_exactly(tmp_path, discriminator):
+@pytest.mark.parametrize("oracle", [False, True])
+def test_killed_toy_run_resumes_bit_exactly(tmp_path, oracle):
     gmm = GaussianMixture([[-3.0, 0.0], [3.0, 0.0]], 0.3, [0.7, 0.3])
-    kw = dict(TINY, warmup_steps=20, fake_warmup_steps=2, eval_every=2, checkpoint_every=4,
-              oracle_ref=256, discriminator=discriminator)
+    kw = {**TINY, "warmup.steps": 20, "critic_warmup_steps": 2, "eval_every": 2, "checkpoint_every": 4,
+          "oracle_ref": 256, "oracle_discriminator": oracle}
     init = warm_start(gmm, seed=0, **kw)
     full = distill_gmm(gmm, "forward_kl", 8, 0, init=init, output_dir=str(tmp_path / "full"), **kw)
     cut = distill_gmm(gmm, "forward_kl", 4, 0, init=init, output_dir=str(tmp_path / "cut"), **kw)

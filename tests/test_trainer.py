@@ -35,3 +35,33 @@ def test_truncate_metrics_drops_rows_after_the_checkpoint_and_a_cut_line(tmp_pat
     truncate_metrics(path, 2)
     assert path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.25}\n'
     assert read_metrics(tmp_path / "missing.jsonl") == []
+
+
+def test_every_config_section_default_is_its_types_default():
+    """A section given in part (``optim.lr_generator=…``) keeps the other settings' defaults only if the
+    section's default instance is its type's default: a method's own defaults need a subclass."""
+    import dataclasses
+
+    from fdistill.training.distill_config import DistillConfig
+    from fdistill.training.hiar_config import HiARConfig
+    from fdistill.training.teacher import TeacherConfig
+    from fdistill.training.toy import GMMConfig
+
+    def default(f):
+        try:
+            return f.default_factory()
+        except ValueError:  # a section that must be given (e.g. the teacher's data.name)
+            return None
+
+    def sections(cls):
+        for f in dataclasses.fields(cls):
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(default(f)):
+                yield cls, f
+                yield from sections(type(default(f)))
+
+    found = list(sections(DistillConfig)) + list(sections(HiARConfig)) + list(sections(TeacherConfig)) + \
+        list(sections(GMMConfig))
+    assert found
+    for cls, f in found:
+        value = f.default_factory()
+        assert value == type(value)(), f"{cls.__name__}.{f.name}: default differs from {type(value).__name__}()"

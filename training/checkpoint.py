@@ -14,38 +14,20 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from fdistill.io import atomic_write_text, read_jsonl
+
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_metrics(path: str | Path, step: int | None = None) -> list[tuple[str, dict[str, Any]]]:
-    """(line, row) of a JSONL log, up to ``step`` when given.
-
-    A line a kill cut in half can only be the last one written (the file is append-only): it and
-    anything after it are dropped.
-    """
-    path = Path(path)
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        if not line:
-            continue
-        try:
-            rows.append((line, json.loads(line)))
-        except json.JSONDecodeError:
-            break
-    return [(ln, r) for ln, r in rows if step is None or r.get("step", 0) <= step]
+    """(line, row) of a JSONL log (:func:`fdistill.io.read_jsonl`), up to ``step`` when given."""
+    return [(ln, r) for ln, r in read_jsonl(path) if step is None or r.get("step", 0) <= step]
 
 
 def truncate_metrics(path: str | Path, step: int) -> None:
@@ -116,11 +98,13 @@ def load_states(folder: Path, modules: dict[str, Any]) -> None:
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[str, Any],
-                    keep: int = 2, modules: dict[str, Any] | None = None) -> Path:
+                    keep: int = 2, modules: dict[str, Any] | None = None,
+                    sharded: Callable[[Path], None] | None = None) -> Path:
     """Save accelerate state, ``modules`` and ``state`` as ``checkpoint-<step>`` atomically.
 
     Keeps the newest ``keep`` checkpoints. ``modules`` maps names to objects with
-    ``state_dict``/``load_state_dict`` (identical on every rank: only the main process writes them).
+    ``state_dict``/``load_state_dict`` (identical on every rank: only the main process writes them);
+    ``sharded(folder)`` runs on every rank and writes each rank's shards (FSDP) into the same folder.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
@@ -130,7 +114,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every rank has written its RNG state before the rename
+    if sharded is not None:
+        sharded(tmp)
+    accelerator.wait_for_everyone()  # every rank has written its RNG state (and shards) before the rename
     if accelerator.is_main_process:
         save_states(tmp, modules or {})
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **state}, indent=1))
@@ -142,13 +128,17 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict[
     return final
 
 
-def load_checkpoint(accelerator, path: str | Path, modules: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Restore accelerate state and ``modules`` from ``path``; returns its ``trainer_state.json``."""
+def load_checkpoint(accelerator, path: str | Path, modules: dict[str, Any] | None = None,
+                    sharded: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Restore accelerate state, ``modules`` and (``sharded(folder)`` on every rank) the shards from ``path``;
+    returns its ``trainer_state.json``."""
     path = Path(path)
     if not (path / "trainer_state.json").is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.json)")
     accelerator.load_state(str(path))
     load_states(path, modules or {})
+    if sharded is not None:
+        sharded(path)
     return json.loads((path / "trainer_state.json").read_text())
 
 
@@ -160,5 +150,6 @@ def resolve_resume(resume: str | bool | None, output_dir: str | Path) -> Path | 
         return latest_checkpoint(output_dir)
     path = Path(str(resume))
     if not path.exists():
-        raise FileNotFoundError(f"--resume {str(path)!r} does not exist")
+        raise FileNotFoundError(f"--resume {str(path)!r} is neither 'latest' (the newest checkpoint of {str(output_dir)!r}) "
+                                "nor an existing checkpoint folder")
     return path

@@ -9,7 +9,10 @@ ones; each dataclass validates its values in ``__post_init__``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import itertools
+import math
 import re
 import sys
 import types
@@ -40,19 +43,39 @@ def _override_value(raw: str) -> Any:
     return yaml.safe_load(raw)
 
 
+def _split_value(key: str, words: Sequence[str]) -> ConfigError:
+    """The error for ``key=<words>`` that the shell split into several words (an unquoted value with spaces)."""
+    return ConfigError(f"override {key}: the shell split its value into {len(words)} words {list(words)}; "
+                       f"quote the whole value: {key}='{' '.join(words)}'")
+
+
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Set ``a.b.c=value`` entries in a nested dict (values parsed as YAML)."""
-    for item in overrides:
+    """Set ``a.b.c=value`` entries in a nested dict (values parsed as YAML).
+
+    A shell splits an unquoted ``data.prompts=[a cat, a red car]`` into the words ``data.prompts=[a``,
+    ``cat,`` …: such words stop with a message showing the quoted override.
+    """
+    for i, item in enumerate(overrides):
+        rest = list(itertools.takewhile(lambda w: "=" not in w, overrides[i + 1:]))  # the words a shell split off
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
+        key = key.strip()
+        if rest:
+            raise _split_value(key, [raw, *rest])
+        try:
+            value = _override_value(raw)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or "not valid YAML"
+            raise ConfigError(f"override {key}: {raw!r} is not a value ({problem}); a string value with brackets "
+                              f"or colons needs YAML quotes inside the shell's: {key}=\"'{raw}'\"") from None
         node = data
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = _override_value(raw)
+        node[leaf] = value
     return data
 
 
@@ -89,13 +112,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float:
+        return _finite(value, where)
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if tp is bool and isinstance(value, str) and value.lower() in _YAML11_BOOLEAN_WORDS:
@@ -105,10 +123,43 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
 
 
+def _finite(value: Any, where: str) -> float:
+    """``value`` as a finite float: every float setting is a rate, a weight, a scale or a time, and nan / inf
+    would only show up later as a non-finite loss."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        raise ConfigError(f"{where}: expected float, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
+    return number
+
+
+def _refuse_renamed(cls: type, data: dict, where: str) -> None:
+    """Stop at a key ``cls.RENAMED`` lists (old name → new dotted name), naming the new one."""
+    renamed = getattr(cls, "RENAMED", {})
+    prefix = "" if where == "config" else where.removeprefix("config.") + "."
+    for old in sorted(set(data) & set(renamed)):
+        new = renamed[old]
+        value = data[old]
+        pairs = ([f"{prefix}{old}.{k} → {new}.{k}" for k in value] if isinstance(value, dict) and value
+                 else [f"{prefix}{old} → {new}"])
+        raise ConfigError(f"renamed setting: {', '.join(pairs)} (update the config file or the command line)")
+
+
 def build(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass ``cls`` from a dict, recursively, checking keys and types."""
+    """Build dataclass ``cls`` from a dict, recursively, checking keys and types.
+
+    A dataclass may list renamed keys in a ``RENAMED`` class attribute (old key → new dotted key); such a
+    key stops with a message naming its new name instead of being read or silently dropped.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    _refuse_renamed(cls, data, where)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid: {sorted(fields)}")
@@ -194,3 +245,52 @@ def to_dict(config: Any) -> dict:
 
 def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_ABSENT = "<absent>"
+
+
+def config_changes(config: Any, path: str | Path, ignore: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (saved value, value in ``config``) of every setting where ``config`` differs from the config
+    file ``path`` (as :func:`save_config` writes it), leaving out the top-level keys in ``ignore``."""
+    saved = _flatten(yaml.safe_load(Path(path).read_text()) or {})
+    renames = _renamed_keys(type(config))
+    for k in list(saved):  # a run saved before a setting was renamed is read under the new name
+        old = next((o for o in renames if k == o or k.startswith(o + ".")), None)
+        if old is not None:
+            saved[renames[old] + k[len(old):]] = saved.pop(k)
+    now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(config))))  # as it would read back from the file
+    keys = [k for k in [*now, *(k for k in saved if k not in now)] if k.split(".")[0] not in ignore]
+    # a setting added after the run was saved, still at its default, is not a change: the run was made with it
+    defaults = {key: yaml.safe_load(yaml.safe_dump(_plain(default))) for key, _, default in config_keys(type(config))
+                if default is not dataclasses.MISSING}
+    for k in keys:
+        if k not in saved and k in defaults and now.get(k, _ABSENT) == defaults[k]:
+            saved[k] = now[k]
+    return {k: (saved.get(k, _ABSENT), now.get(k, _ABSENT)) for k in keys
+            if saved.get(k, _ABSENT) != now.get(k, _ABSENT)}
+
+
+def _renamed_keys(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted old key → dotted new key of every ``RENAMED`` entry in ``cls`` and its sections."""
+    out = {prefix + old: new for old, new in getattr(cls, "RENAMED", {}).items()}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(_renamed_keys(hints[f.name], f"{prefix}{f.name}."))
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A default as :func:`to_dict` would write it (tuples as lists are left to yaml)."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value

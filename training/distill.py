@@ -22,17 +22,18 @@ import torch
 from torch import Tensor, nn
 
 from fdistill.denoisers import Denoiser
+from fdistill.lora import add_lora, lora_state_dict, merged_copy, shared_copy
 from fdistill.models.discriminator import FeatureDiscriminator
 from fdistill.schedules import NoiseSchedule
 
 from .config import load_config
-from .distill_config import DataSpec, DiscriminatorSpec, DistillConfig, OptimSpec, TeacherSpec, WarmupSpec
-from .matching import DistributionMatching
-from .sources import RealData, Teacher, load_teacher_for, ode_pairs, unconditional
-from .trainer import Draw, Update, train
+from .distill_config import DistillConfig
+from .matching import DistributionMatching, NetworkSpec
+from .sources import RealData, RealStream, Teacher, load_teacher_for, ode_pairs, unconditional
+from .trainer import Draw, train, trainable
 
-__all__ = ["ODE_PAIRS_FILE", "DataSpec", "DiscriminatorSpec", "DistillConfig", "FDistill", "OneStepGenerator",
-           "OptimSpec", "TeacherSpec", "WarmupSpec", "distill", "distill_from_cli", "export_student"]
+__all__ = ["ODE_PAIRS_FILE", "DistillConfig", "FDistill", "OneStepGenerator", "distill", "distill_from_cli",
+           "export_student"]
 
 ODE_PAIRS_FILE = "ode_pairs.safetensors"  # the warm-up's teacher pairs, cached in the output dir
 
@@ -65,18 +66,19 @@ class FDistill(DistributionMatching):
     optional ODE warm-up (regression on teacher pairs) and a critic warm-up (critic updates only).
     """
 
-    def __init__(self, config: DistillConfig, device: torch.device):
+    def __init__(self, config: DistillConfig, device: torch.device, rank: int = 0, world: int = 1):
         self.config = c = config
         obj_cfg = c.objective
-        teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data.prompts, c.data.resolution)
+        teacher = load_teacher_for(c.teacher, obj_cfg.guidance_scale, device, c.data,
+                                   c.discriminator.feature_modules)
         self.teacher = teacher = unconditional(teacher, device) if c.data.unconditional else teacher
         self.schedule = teacher.denoiser.schedule
         den_t = teacher.denoiser
-        tap_fake = c.teacher.feature_source == "fake"
+        tap_fake = c.discriminator.feature_source == "fake"
         t_gen = self.schedule.t_max if teacher.student_t is None else teacher.student_t
-        student = OneStepGenerator(Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule,
-                                            den_t.condition_key), t_gen, teacher.student_scale).to(device)
-        fake = Denoiser(copy.deepcopy(den_t.model).requires_grad_(True).train(), self.schedule, den_t.condition_key,
+        student = OneStepGenerator(Denoiser(self.trained_copy(c.student), self.schedule, den_t.condition_key), t_gen,
+                                   teacher.student_scale).to(device)
+        fake = Denoiser(self.trained_copy(c.fake_score), self.schedule, den_t.condition_key,
                         feature_modules=den_t.feature_modules if tap_fake else ()).to(device)
         disc = None
         if obj_cfg.needs_discriminator:
@@ -87,19 +89,37 @@ class FDistill(DistributionMatching):
                 teacher.conditions(2, probe_g), hidden=c.discriminator.hidden, kind=c.discriminator.head).to(device)
         self.optimizers = {"warmup": torch.optim.Adam(student.parameters(), lr=c.warmup.lr),
                            **self.build_critic(student, fake, disc, c.optim)}
-        self.score_teacher, self.features_from = den_t, c.teacher.feature_source
+        self.score_teacher, self.features_from = den_t, c.discriminator.feature_source
         self.ema = {"ema": "student"}
-        self.real = RealData(c, teacher, device) if self.disc is not None else None
-        self.device, self.pairs, self.total_steps = device, None, c.total_steps
+        self.real = None
+        if self.disc is not None:
+            self.real = (RealStream(c.data, teacher, device, rank, world) if c.data.name == "webdataset"
+                         else RealData(c.data, c.seed, c.batch_size, teacher, device))
+        self.device = device
+        self.phases = self.matching_phases(c.warmup.steps, c.warmup.batch_size, c.critic_warmup_steps, c.steps,
+                                           c.critic_steps, c.batch_size)
+
+    def trained_copy(self, spec: NetworkSpec) -> nn.Module:
+        """The teacher's network as a trained student or fake score: a full copy, or a LoRA view of its weights."""
+        teacher = self.teacher.denoiser.model
+        if spec.lora_rank is None:
+            net = copy.deepcopy(teacher).requires_grad_(True)
+        else:
+            net = shared_copy(teacher)
+            add_lora(denoiser_of(net), spec.lora_rank, spec.lora_alpha)
+        if self.config.gradient_checkpointing:
+            denoiser_of(net).enable_gradient_checkpointing()
+        return net.train()
+
+    def prepared(self) -> None:
+        super().prepared()
+        if isinstance(self.real, RealStream):
+            self.states["real_stream"] = self.real  # how far each rank has read its shards
 
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
         if step < self.config.warmup.steps:
             self.pairs = ode_pairs(self.teacher, self.config.warmup, self.config.seed, self.device,
                                    output_dir / ODE_PAIRS_FILE if is_main else None)
-
-    def phase(self, step: int) -> str:
-        w = self.config.warmup.steps
-        return "warmup" if step < w else "critic_warmup" if step < w + self.config.critic_warmup_steps else "distill"
 
     def _latents(self, draw: Draw) -> tuple[Tensor, Tensor]:
         c = draw(self.teacher.conditions)
@@ -108,13 +128,6 @@ class FDistill(DistributionMatching):
     def _noise(self, draw: Draw) -> tuple[Tensor, Tensor]:
         return draw(lambda n, g: self.objective.noise(n, self.teacher.sample_shape, g))
 
-    def ode_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
-        """Regression of G(z) on the teacher's ODE solution from z (DMD's initialisation)."""
-        z, c, x = self.pairs
-        i = draw(lambda n, g: torch.randint(z.shape[0], (n,), generator=g), self.config.warmup.batch_size)
-        loss = (self.modules["student"](z[i], c[i]).float() - x[i]).pow(2).mean()
-        return loss, {"ode_mse": loss.detach()}
-
     def critic_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
         z, c = self._latents(draw)
         with torch.no_grad():
@@ -122,7 +135,7 @@ class FDistill(DistributionMatching):
         t, eps = self._noise(draw)
         if self.real is None:
             return self.objective.critic_loss(x0, c, t, eps)
-        x_real, c_real = draw(self.real)
+        x_real, c_real = self.real.sample(draw)
         t_real, eps_real = self._noise(draw)
         return self.objective.critic_loss(x0, c, t, eps, x_real, c_real, t_real, eps_real)
 
@@ -131,18 +144,10 @@ class FDistill(DistributionMatching):
         t, eps = self._noise(draw)
         return self.objective.generator_loss(self.modules["student"](z, c), c, t, eps)
 
-    def updates(self, step: int) -> list[Update]:
-        c = self.config
-        if step < c.warmup.steps:
-            return [Update("ode_warmup", "warmup", self.ode_loss, c.warmup.batch_size)]
-        critic = [Update("critic", "critic", self.critic_loss, c.batch_size)] * c.critic_steps
-        if step < c.warmup.steps + c.critic_warmup_steps:
-            return critic
-        return [*critic, Update("generator", "generator", self.generator_loss, c.batch_size)]
-
     def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
         if self.config.export:
-            export_student(self.modules["student"], ema["ema"], self.schedule, self.teacher, output_dir / "pipeline")
+            export_student(self.modules["student"], ema["ema"], self.schedule, self.teacher, output_dir / "pipeline",
+                           lora_path=output_dir / "lora" if self.config.student.lora_rank is not None else None)
 
 
 def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
@@ -151,25 +156,43 @@ def distill(config: DistillConfig, resume: str | bool | None = None) -> Path:
     ``batch_size`` and ``warmup.batch_size`` are global batches, split over processes and
     ``gradient_accumulation_steps`` micro-batches.
     """
-    return train(config, lambda accelerator: FDistill(config, accelerator.device), resume, config.optim.grad_clip,
-                 "f-distill")
+    return train(config, lambda accelerator: FDistill(config, accelerator.device, accelerator.process_index,
+                                                      accelerator.num_processes), resume, config.optim.grad_clip,
+                 "f-distill").output_dir
 
 
-def export_student(student: nn.Module, ema, schedule: NoiseSchedule, teacher: Teacher, path: Path):
+def denoiser_of(net: nn.Module) -> nn.Module:
+    """The diffusers model inside a trained network (a family's :class:`~fdistill.families.FamilyNet` wraps it)."""
+    return getattr(net, "feature_root", net)
+
+
+def export_student(student: nn.Module, ema, schedule: NoiseSchedule, teacher: Teacher, path: Path,
+                   lora_path: Path | None = None):
     """Save the EMA student: a pipeline teacher's own pipeline class and layout (the stock one-step call
-    runs it), or an :class:`~fdistill.pipelines.FDistillPipeline` folder for fdistill's own asset teachers."""
+    runs it), or an :class:`~fdistill.pipelines.FDistillPipeline` folder for fdistill's own asset teachers.
+
+    A LoRA student is merged into a full copy of the teacher's weights for that folder; with ``lora_path`` its
+    adapter is also written there for ``pipe.load_lora_weights`` on the teacher's own pipeline (families
+    whose pipeline loads LoRA).
+    """
     from accelerate.utils import extract_model_from_parallel
 
     from fdistill.pipelines import export_pipeline
 
     student = extract_model_from_parallel(student)
-    unet = copy.deepcopy(student.denoiser.model).cpu()
-    ema.copy_to(unet.parameters())
-    comps = teacher.components
-    if "family" in comps:
-        return comps["family"].export(unet.model.eval(), path)
-    return export_pipeline(unet.eval(), schedule, path, vae=comps.get("vae"), text_encoder=comps.get("text_encoder"),
-                           tokenizer=comps.get("tokenizer"), student_t=student.t_gen)
+    net = copy.deepcopy(student.denoiser.model).cpu()
+    ema.copy_to(trainable(net))
+    model = denoiser_of(net)
+    lora = lora_state_dict(model) if lora_path is not None else None
+    if lora is not None:
+        model = merged_copy(denoiser_of(teacher.denoiser.model), model).cpu()  # a copy: the teacher stays put
+    family = teacher.components.get("family")
+    if family is None:
+        return export_pipeline(model.eval(), schedule, path, vae=teacher.components.get("vae"), student_t=student.t_gen)
+    family.export(model.eval(), path)
+    if lora is not None and family.lora_loadable:
+        family.export_lora(lora, lora_path)
+    return path
 
 
 def distill_from_cli(config_path: str | None, overrides: list[str], resume: str | None = None) -> Path:

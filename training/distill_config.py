@@ -6,15 +6,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fdistill.divergences import get_divergence
-from fdistill.models.discriminator import HEAD_KINDS
-from fdistill.objective import ObjectiveConfig
-
-from .matching import OptimSpec
-from .trainer import PRECISIONS, LoopConfig  # noqa: F401  (PRECISIONS: public name kept here)
+from .matching import MatchingConfig, NetworkSpec, RegressionWarmup
 
 TEACHER_KINDS = ("asset", "pipeline")
-DATA_NAMES = ("digits", "teacher_samples")
+DATA_NAMES = ("digits", "teacher_samples", "imagefolder", "webdataset", "cache")
+DATASETS = ("imagefolder", "webdataset", "cache")
+"""Real data a user brings (``data.path``): an image folder, webdataset shards, a latent cache."""
 FEATURE_SOURCES = ("teacher", "fake")
 DROP_MODES = ("remove", "replace")
 
@@ -54,22 +51,19 @@ def check_teacher_path(kind: str, path: str):
 class TeacherSpec:
     """Where the teacher comes from: a shipped/trained teacher asset (``asset``, default: the digits
     teacher) or a diffusers pipeline folder (``pipeline``: SD1.x/2.x, SDXL, SD3, Flux, PixArt or DiT,
-    loaded from a local path through its family's adapter, :mod:`fdistill.families`).
-
-    ``feature_modules``: the teacher submodules the discriminator reads (None: ``mid_block`` for UNets,
-    the middle transformer block for transformers).
+    loaded from a local path through its family's adapter, :mod:`fdistill.families`). The levels the
+    discriminator reads are ``discriminator.feature_modules`` (they were ``teacher.feature_modules``).
     """
+
+    RENAMED = {"feature_modules": "discriminator.feature_modules",
+               "feature_source": "discriminator.feature_source"}
 
     kind: str = "asset"
     path: str | None = None
-    feature_modules: list[str] | None = None
-    feature_source: str = "teacher"
 
     def __post_init__(self):
         if self.kind not in TEACHER_KINDS:
             raise ValueError(f"teacher.kind {self.kind!r} is not one of {TEACHER_KINDS}")
-        if self.feature_source not in FEATURE_SOURCES:
-            raise ValueError(f"teacher.feature_source {self.feature_source!r} is not one of {FEATURE_SOURCES}")
         if self.kind == "pipeline" and not self.path:
             raise ValueError("teacher.kind 'pipeline' needs teacher.path (a local diffusers pipeline folder)")
         if self.path is not None and not Path(self.path).exists():
@@ -83,17 +77,25 @@ class DataSpec:
 
     ``digits``: the embedded digits (labels 0–9). ``teacher_samples``: a pool of ``num_samples``
     teacher samples (``sample_steps`` reference steps) for teachers without a dataset at hand,
-    conditioned on ``prompts`` for text models (class-conditional pipelines: every class).
-    ``resolution``: the square image size in pixels a pipeline teacher's student is trained at
-    (None: the pipeline's default size). ``unconditional``: the student, the real samples and
-    the teacher all take the teacher's null condition (its classifier-free-guidance input), so the
-    student learns the teacher's unconditional distribution.
+    conditioned on the prompts for text models (class-conditional pipelines: every class).
+    ``imagefolder`` (``path``: images with ``metadata.jsonl`` or ``.txt`` captions, caption column
+    ``caption_column``), ``webdataset`` (``path``: tar shards such as ``data/shard-{000000..000099}.tar``,
+    streamed, split over the ranks) and ``cache`` (``path``: a latent cache made by ``fdistill cache``; its
+    runs load no VAE and no text encoder): real images for the discriminator, and (image folder, cache)
+    their captions as the student's prompts unless prompts are given.
+    ``prompts`` / ``prompts_file`` (one prompt per line): the student's prompts. ``resolution``: the square
+    image size in pixels a pipeline teacher's student is trained at (None: the pipeline's default size).
+    ``unconditional``: the student, the real samples and the teacher all take the teacher's null condition
+    (its classifier-free-guidance input), so the student learns the teacher's unconditional distribution.
     """
 
     name: str = "digits"
     num_samples: int = 256
     sample_steps: int = 18
     prompts: list[str] = field(default_factory=list)
+    prompts_file: str | None = None
+    path: str | None = None
+    caption_column: str = "text"
     unconditional: bool = False
     resolution: int | None = None
 
@@ -102,10 +104,25 @@ class DataSpec:
             raise ValueError(f"data.name {self.name!r} is not one of {DATA_NAMES}")
         if self.resolution is not None and self.resolution < 1:
             raise ValueError(f"data.resolution must be a positive number of pixels, got {self.resolution}")
+        if (self.name in DATASETS) != (self.path is not None):
+            raise ValueError(f"data.path is read by data.name in {DATASETS} (got data.name={self.name!r}, "
+                             f"data.path={self.path!r})")
+        if self.name in ("imagefolder", "cache") and not Path(self.path).is_dir():
+            raise ValueError(f"data.path {self.path!r} (data.name={self.name}) is not a folder")
+        if self.prompts_file is not None and not Path(self.prompts_file).is_file():
+            raise ValueError(f"data.prompts_file {self.prompts_file!r} does not exist")
+        if self.name == "cache" and (self.prompts or self.prompts_file):
+            raise ValueError("data.name=cache trains on the cache's captions (its runs load no text encoder): "
+                             "remove data.prompts / data.prompts_file, or cache images with those captions")
+
+    def all_prompts(self) -> list[str]:
+        """``prompts``, then the lines of ``prompts_file`` (blank lines skipped)."""
+        lines = Path(self.prompts_file).read_text().splitlines() if self.prompts_file else []
+        return [*self.prompts, *(line.strip() for line in lines if line.strip())]
 
 
 @dataclass
-class WarmupSpec:
+class WarmupSpec(RegressionWarmup):
     """Regression on ``ode_pairs`` teacher ODE pairs (``ode_steps`` reference steps) for ``steps`` steps.
 
     ``drop_classes``: digit classes left out of the pairs, read by the shipped digits classifier on
@@ -125,6 +142,7 @@ class WarmupSpec:
     drop_mode: str = "remove"
 
     def __post_init__(self):
+        super().__post_init__()
         bad = [c for c in self.drop_classes if not isinstance(c, int) or not 0 <= c <= 9]
         if bad:
             raise ValueError(f"warmup.drop_classes {bad} are not digit classes (valid: 0..9)")
@@ -135,54 +153,36 @@ class WarmupSpec:
 
 
 @dataclass
-class DiscriminatorSpec:
-    """The density-ratio head on ``teacher.feature_modules`` (one branch per level, logits averaged).
+class DistillConfig(MatchingConfig):
+    """The f-distill run (the loop's fields — steps, batch_size, ema_decay… — come from :class:`LoopConfig`,
+    the sections every distribution-matching method shares from :class:`MatchingConfig`).
 
-    ``head``: ``conv`` (3×3 convolutions on feature maps) or ``mlp`` (per position, also for tokens).
-    """
-
-    head: str = "conv"
-    hidden: int = 64
-
-    def __post_init__(self):
-        if self.head not in HEAD_KINDS:
-            raise ValueError(f"discriminator.head {self.head!r} is not one of {HEAD_KINDS}")
-        if self.hidden < 1:
-            raise ValueError(f"discriminator.hidden must be >= 1, got {self.hidden}")
-
-
-@dataclass
-class DistillConfig(LoopConfig):
-    """The f-distill run (the loop's fields — steps, batch_size, ema_decay… — come from :class:`LoopConfig`)."""
+    ``student`` / ``fake_score``: full copies of the teacher or LoRA adapters on its shared weights;
+    ``gradient_checkpointing``: the networks' own activation checkpointing in the trained networks."""
 
     teacher: TeacherSpec = field(default_factory=TeacherSpec)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataSpec = field(default_factory=DataSpec)
     warmup: WarmupSpec = field(default_factory=WarmupSpec)
-    optim: OptimSpec = field(default_factory=OptimSpec)
-    discriminator: DiscriminatorSpec = field(default_factory=DiscriminatorSpec)
-    critic_steps: int = 4
-    critic_warmup_steps: int = 0
+    student: NetworkSpec = field(default_factory=NetworkSpec)
+    fake_score: NetworkSpec = field(default_factory=NetworkSpec)
+    gradient_checkpointing: bool = False
     output_dir: str = "outputs/distill"  # the method's own default
     export: bool = True
 
     def __post_init__(self):
         super().__post_init__()
-        if self.critic_steps < 1 or self.critic_warmup_steps < 0:
-            raise ValueError(f"need critic_steps >= 1 and critic_warmup_steps >= 0, got {self.critic_steps}, "
-                             f"{self.critic_warmup_steps}")
-        if self.warmup.steps and self.warmup.batch_size % self.gradient_accumulation_steps:
-            raise ValueError(f"warmup.batch_size {self.warmup.batch_size} does not split into "
-                             f"gradient_accumulation_steps={self.gradient_accumulation_steps} equal micro-batches")
-        get_divergence(self.objective.divergence)
         if self.teacher.kind == "pipeline" and self.data.name == "digits":
             raise ValueError("data.name 'digits' gives real digits for the digits teacher; a pipeline teacher "
-                             "needs data.name=teacher_samples (real samples drawn from the teacher)")
+                             f"needs data.name=teacher_samples (real samples drawn from the teacher) or one of {DATASETS}")
+        if self.teacher.kind == "asset" and self.data.name in DATASETS:
+            raise ValueError(f"data.name={self.data.name} brings images for a pipeline teacher (teacher.kind=pipeline)")
         family = self.teacher.family
-        if family is not None and family.conditioning == "text" and not self.data.prompts:
+        prompts = self.data.prompts or self.data.prompts_file
+        if family is not None and family.conditioning == "text" and not prompts and self.data.name not in (
+                "imagefolder", "cache"):
             raise ValueError(f"teacher.path is a {family.label} pipeline, which is text-conditioned: set data.prompts, "
-                             "e.g. data.prompts='[a photo of a cat, a red car]'")
-        if family is not None and family.conditioning != "text" and self.data.prompts:
+                             "e.g. data.prompts='[a photo of a cat, a red car]', or data.prompts_file")
+        if family is not None and family.conditioning != "text" and prompts:
             raise ValueError(f"teacher.path is a {family.label} pipeline, which is class-conditional: remove "
                              "data.prompts (its student learns every class)")
         if self.data.resolution is not None and self.teacher.kind != "pipeline":
@@ -190,7 +190,7 @@ class DistillConfig(LoopConfig):
         if self.warmup.drop_classes and self.teacher.kind != "asset":
             raise ValueError(f"warmup.drop_classes {self.warmup.drop_classes} reads teacher samples with the digits "
                              f"classifier: it needs a digits teacher (teacher.kind=asset), not {self.teacher.kind!r}")
-        if self.teacher.kind == "asset" and self.data.prompts:
+        if self.teacher.kind == "asset" and (self.data.prompts or self.data.prompts_file):
             raise ValueError("data.prompts conditions text teachers (teacher.kind=pipeline); an asset teacher is "
                              "class-conditional: remove data.prompts")
 

@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 
-def make_accelerator(mixed_precision: str = "no", **kwargs):
+def make_accelerator(mixed_precision: str = "no", timeout_s: float | None = None, **kwargs):
     """An ``Accelerator`` that works on CPU-only machines under torchrun and can be rebuilt in-process.
 
     accelerate keeps one global state: a second trainer in the same process (a notebook, a sweep)
@@ -19,6 +19,12 @@ def make_accelerator(mixed_precision: str = "no", **kwargs):
 
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed_precision:
         AcceleratorState._reset_state(reset_partial_state=False)
+    if timeout_s is not None:  # how long a collective waits for a rank that may have died
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        kwargs.setdefault("kwargs_handlers", []).append(InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s)))
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), **kwargs)
 
 

@@ -5,8 +5,9 @@ Stages, one global step counter (``HIAR_TRAINING.md`` has the reference code's d
 1. Teacher trajectories (before the first step, cached on disk by their settings): probability-flow
    ODE (Euler) trajectories of the bidirectional teacher with guidance, kept at the student's times
    t_0 > … > t_{K−1}, at the clean end, and at the teacher's first step t_1' (for the regulariser).
-2. ``init.steps`` steps of ODE regression: each block of a trajectory gets a random step index k, one
-   block-causal forward over the whole clip (no KV cache) predicts x̂0, MSE against the clean end.
+2. ``warmup.steps`` steps of ODE regression: each block of a trajectory gets a random step index k, one
+   block-causal forward over the whole clip (no KV cache) predicts x̂0, MSE against the clean end;
+   then ``critic_warmup_steps`` critic-only steps.
 3. ``steps`` self-rollout iterations: ``critic_steps`` critic updates (fake score, and the
    discriminator head when the divergence needs r, on sg(student rollouts)), then one generator update.
    The generator unrolls the student over the clip in ``order`` (hierarchical: step-first, HiAR;
@@ -22,26 +23,26 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from fdistill.denoisers import Denoiser
 from fdistill.models.causal_wan import CausalWanTransformer3DModel
 from fdistill.models.discriminator import FeatureDiscriminator
-from fdistill.pipelines.hiar_cell import HiARCells, HiARPlan, cell_waves, denoising_times
-from fdistill.schedules import FlowMatchingSchedule, NoiseSchedule
+from fdistill.models.hiar_cell import HiARCells, HiARPlan, cell_waves, denoising_times
+from fdistill.schedules import FlowMatchingSchedule, NoiseSchedule, schedule_from_scheduler
 from fdistill.teachers import MOVING_DIGITS_TEACHER, load_moving_digits_teacher
 
+from .cache import cached_tensors
 from .config import load_config
 from .hiar_config import HiARConfig
 from .matching import DistributionMatching
-from .trainer import Draw, Update, train
+from .trainer import Draw, train, trainable
 
 __all__ = ["HiARConfig", "HiARStudent", "distill_video", "distill_video_from_cli", "regulariser_target",
            "self_rollout", "teacher_grid", "teacher_trajectories"]
@@ -93,7 +94,7 @@ def regulariser_target(x_in: Tensor, x_first: Tensor, t_in: float, t_first: floa
 
 class _TensorNoise:
     """The noise of one rollout, drawn by the caller: (B, K+1, C, T, H, W); slot 0 is the initial noise,
-    slot k + 1 re-noises step k (the :class:`~fdistill.pipelines.hiar_cell.NoiseBank` interface)."""
+    slot k + 1 re-noises step k (the :class:`~fdistill.models.hiar_cell.NoiseBank` interface)."""
 
     def __init__(self, eps: Tensor, frames_per_block: int):
         self.eps, self.f = eps, frames_per_block
@@ -152,25 +153,60 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _folder_identity(folder: Path) -> list[list]:
+    """(name, size) of the weight files of a model folder: its identity without reading gigabytes."""
+    return sorted([p.name, p.stat().st_size] for p in folder.iterdir() if p.is_file())
+
+
+class PromptTable(nn.Module):
+    """Prompt index → the teacher's text-encoder embeddings (a Wan teacher's "labels"): rows (P, L, D) of the
+    prompts, then the unconditional row (the empty prompt's) at ``null_label`` = P."""
+
+    def __init__(self, rows: Tensor, null: Tensor):
+        super().__init__()
+        self.register_buffer("table", torch.cat([rows, null]).float())
+
+    @property
+    def num_classes(self) -> int:
+        return self.table.shape[0] - 1
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: Tensor) -> Tensor:
+        return self.table[labels]
+
+    def null(self) -> Tensor:
+        return self.table[-1:]
+
+
 class HiARStudent(DistributionMatching):
-    """The HiAR student on the shared loop (see the module docstring)."""
+    """The HiAR student on the shared loop (see the module docstring): of the label-conditioned moving-digits
+    teacher, or of a stock Wan2.1 text-to-video folder and a list of prompts."""
 
     def __init__(self, config: HiARConfig, device: torch.device):
         self.config = c = config
         self.device = device
-        self.teacher_path = Path(c.teacher_path) if c.teacher_path else MOVING_DIGITS_TEACHER
         self.feature_modules = c.discriminator.feature_modules if c.objective.needs_discriminator else []
-        self.teacher = load_moving_digits_teacher(self.teacher_path, feature_modules=self.feature_modules,
-                                                  device=device)
+        self.pipe = None
+        clip = c.clip
+        if c.teacher.is_wan_folder:
+            self.teacher_path = Path(c.teacher.path)
+            self.teacher, self.embedding = self._wan_teacher(c, device)
+            h, w = clip.height // self.pipe.vae_scale_factor_spatial, clip.width // self.pipe.vae_scale_factor_spatial
+        else:
+            self.teacher_path = Path(c.teacher.path) if c.teacher.path else MOVING_DIGITS_TEACHER
+            self.teacher = load_moving_digits_teacher(self.teacher_path, feature_modules=self.feature_modules,
+                                                      device=device)
+            self.embedding = self.teacher.label_embedding.to(device).requires_grad_(False)
+            h = w = int(self.teacher.metadata["data"]["kwargs"]["size"])
         schedule = self.schedule = self.teacher.schedule
         if not isinstance(schedule, FlowMatchingSchedule):
             raise ValueError(f"a HiAR student is a flow-matching model; this teacher uses {type(schedule).__name__}")
-        self.embedding = self.teacher.label_embedding.to(device).requires_grad_(False)
-        meta = self.teacher.metadata
-        self.size = int(meta["data"]["kwargs"]["size"])
-        self.channels = int(meta["model_config"]["in_channels"])
-        clip = c.clip
-        self.shape = (self.channels, clip.num_frames, self.size, self.size)
+        self.height, self.width = h, w
+        self.channels = int(self.teacher.model.config.in_channels)
+        self.shape = (self.channels, clip.num_frames, h, w)
         self.plan = HiARPlan(denoising_times(schedule, clip.denoising_steps), clip.num_frames // clip.frames_per_block,
                              clip.frames_per_block, window=clip.window, context=clip.context)
         self.K = self.plan.num_steps
@@ -186,77 +222,85 @@ class HiARStudent(DistributionMatching):
             probe = torch.randn(2, *self.shape, generator=g).to(device)
             disc = FeatureDiscriminator.build(self.teacher, probe, torch.ones(2, device=device),
                                               self.embedding(torch.arange(2, device=device)),
-                                              hidden=c.discriminator.hidden, kind="mlp").to(device)
-        self.optimizers = {"init": torch.optim.Adam(student.parameters(), lr=c.init.lr),
+                                              hidden=c.discriminator.hidden, kind=c.discriminator.head).to(device)
+        self.optimizers = {"warmup": torch.optim.Adam(student.parameters(), lr=c.warmup.lr),
                            **self.build_critic(student, fake, disc, c.optim)}
         self.score_teacher = self.teacher
         self.ema = {"ema": "student"}
-        self.total_steps = c.total_steps
         self.data: dict[str, Tensor] = {}
+        self.phases = self.matching_phases(c.warmup.steps, c.warmup.batch_size, c.critic_warmup_steps, c.steps,
+                                           c.critic_steps, c.batch_size)
+
+    def _wan_teacher(self, c: HiARConfig, device: torch.device) -> tuple[Denoiser, PromptTable]:
+        """The Wan folder's transformer (causal, frozen) as the teacher, and the prompts' embeddings."""
+        from fdistill.pipelines import HiARPipeline
+
+        pipe = self.pipe = HiARPipeline.from_pretrained(c.teacher.path)
+        pipe.to(device)
+        for module in pipe.components.values():
+            if isinstance(module, nn.Module):
+                module.eval().requires_grad_(False)
+        with torch.no_grad():
+            rows, null = pipe.encode_prompt(c.data.all_prompts(), do_classifier_free_guidance=True,
+                                            max_sequence_length=c.data.max_sequence_length, device=device)
+        table = PromptTable(rows, null[:1]).to(device)
+        teacher = Denoiser(pipe.transformer, schedule_from_scheduler(pipe.scheduler), "encoder_hidden_states",
+                           null_condition=table.null(), feature_modules=self.feature_modules).eval()
+        teacher.label_embedding, teacher.num_classes = table, table.num_classes
+        return teacher, table
 
     # -- stage 1 ---------------------------------------------------------------------------
     def trajectory_settings(self) -> dict[str, Any]:
         """Everything that fixes the cached trajectories (their cache key)."""
         c, t = self.config, self.config.trajectories
-        return {"teacher_sha256": _file_digest(self.teacher_path), "guidance_scale": t.guidance_scale,
+        teacher = ({"teacher_files": _folder_identity(self.teacher_path / "transformer"),
+                    "prompts": c.data.all_prompts(), "max_sequence_length": c.data.max_sequence_length,
+                    "size": [self.height, self.width]} if self.pipe is not None
+                   else {"teacher_sha256": _file_digest(self.teacher_path)})
+        return {**teacher, "guidance_scale": t.guidance_scale,
                 "steps_per_interval": t.steps_per_interval, "denoising_steps": list(c.clip.denoising_steps),
                 "shift": self.schedule.shift, "count": t.count, "seed": c.seed, "num_frames": c.clip.num_frames}
 
-    def trajectory_path(self) -> Path:
-        key = hashlib.sha256(json.dumps(self.trajectory_settings(), sort_keys=True).encode()).hexdigest()[:16]
-        return Path(self.config.trajectories.cache_dir) / f"trajectories-{key}.safetensors"
-
     def load_trajectories(self, write: bool) -> dict[str, Tensor]:
-        """Stage 1: the cached trajectories for these settings, made (and written when ``write``) if absent.
+        """Stage 1: the trajectories for these settings, from the cache (:mod:`~fdistill.training.cache`) or
+        made (and written there when ``write``).
 
         Keys: ``states`` (n, K+1, C, T, H, W), ``first`` (n, C, T, H, W), ``labels`` (n,),
         ``times`` (K+1,) (t_0 … t_{K−1}, 0), ``first_t`` (1,).
         """
-        from safetensors.torch import load_file, save_file
+        return cached_tensors(self.config.trajectories.cache_dir, "trajectories", self.trajectory_settings(),
+                              lambda: self._make_trajectories(write), write)
 
-        path = self.trajectory_path()
-        if path.is_file():
-            return load_file(str(path))
+    def _make_trajectories(self, show: bool) -> dict[str, Tensor]:
         t = self.config.trajectories
         grid, keep = teacher_grid(self.schedule, self.config.clip.denoising_steps, t.steps_per_interval)
         g = torch.Generator().manual_seed(self.config.seed + 7919)
         labels = torch.arange(t.count) % self.teacher.num_classes
         z = torch.randn(t.count, *self.shape, generator=g)
         starts = tqdm(range(0, t.count, t.batch_size), desc="teacher trajectories", unit="batch",
-                      disable=not write)  # the stage takes minutes on a CPU: show it
+                      disable=not show)  # the stage takes minutes on a CPU: show it
         parts = [teacher_trajectories(self.teacher, labels[i:i + t.batch_size].to(self.device),
                                       z[i:i + t.batch_size].to(self.device), grid.to(self.device), keep,
                                       t.guidance_scale) for i in starts]
-        data = {"states": torch.cat([s for s, _ in parts]).cpu(), "first": torch.cat([f for _, f in parts]).cpu(),
+        return {"states": torch.cat([s for s, _ in parts]).cpu(), "first": torch.cat([f for _, f in parts]).cpu(),
                 "labels": labels, "times": torch.tensor([float(grid[i]) for i in keep] + [0.0]),
                 "first_t": grid[1:2].clone()}
-        if write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            save_file({k: v.contiguous() for k, v in data.items()}, str(tmp),
-                      metadata={"settings": json.dumps(self.trajectory_settings())})
-            tmp.replace(path)
-        return data
 
     def start(self, step: int, output_dir: Path, is_main: bool) -> None:
         d = self.load_trajectories(is_main)
         d["target"] = regulariser_target(d["states"][:, 0], d["first"], float(d["times"][0]), float(d["first_t"][0]))
         self.data = {k: v.to(self.device) for k, v in d.items()}
 
-    def phase(self, step: int) -> str:
-        return "init" if step < self.config.init.steps else "distill"
-
     # -- losses ----------------------------------------------------------------------------
     def _index(self, draw: Draw, n: int | None = None) -> Tensor:
         count = self.data["labels"].shape[0]
         return draw(lambda m, g: torch.randint(count, (m,), generator=g), n)
 
-    def init_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
+    def regression_loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
         """Stage 2: block-causal ODE regression, a random trajectory step per block, MSE where t ≠ 0."""
-        c, d = self.config, self.data
-        n = c.init.batch_size
-        i = self._index(draw, n)
-        k = draw(lambda m, g: torch.randint(self.K, (m, self.plan.num_blocks), generator=g), n)
+        d = self.data
+        i = self._index(draw)
+        k = draw(lambda m, g: torch.randint(self.K, (m, self.plan.num_blocks), generator=g))
         k = k.repeat_interleave(self.plan.frames_per_block, dim=1)  # (b, T): the step of each frame
         states = d["states"][i]
         x = torch.take_along_dim(states, k.view(k.shape[0], 1, 1, -1, 1, 1), dim=1).squeeze(1)
@@ -266,7 +310,7 @@ class HiARStudent(DistributionMatching):
         x0 = self.schedule.to_x0(out.float(), x, t)
         mask = (t > 0).float()[:, None, :, None, None].expand_as(x0)
         loss = ((x0 - states[:, self.K]).pow(2) * mask).sum() / mask.sum().clamp_min(1)
-        return loss, {"init_mse": loss.detach()}
+        return loss, {"ode_mse": loss.detach()}
 
     def _noise(self, draw: Draw) -> tuple[Tensor, Tensor]:
         """(t (B,), ε (B, C, T, H, W)) of the DM loss / critic (``dm_time``)."""
@@ -321,19 +365,12 @@ class HiARStudent(DistributionMatching):
         t, eps = self._noise(draw)
         return self.objective.generator_loss(x0, cond, t, eps)
 
-    def updates(self, step: int) -> list[Update]:
-        c = self.config
-        if step < c.init.steps:
-            return [Update("init", "init", self.init_loss, c.init.batch_size)]
-        return [*[Update("critic", "critic", self.critic_loss, c.batch_size)] * c.critic_steps,
-                Update("generator", "generator", self.generator_loss, c.batch_size)]
-
     # -- ship ------------------------------------------------------------------------------
     def student_metadata(self) -> dict[str, Any]:
         c = self.config
         return {"denoising_steps": list(c.clip.denoising_steps), "frames_per_block": c.clip.frames_per_block,
                 "window": c.clip.window, "order": c.order, "context": c.clip.context, "num_frames": c.clip.num_frames,
-                "height": self.size, "width": self.size, "shift": self.schedule.shift,
+                "height": self.height, "width": self.width, "shift": self.schedule.shift,
                 "guidance_scale": 1.0, "teacher_guidance_scale": c.objective.guidance_scale,
                 "command": f"fdistill distill-video --config {Path(c.output_dir) / 'config.yaml'}",
                 "config": asdict(c)}
@@ -346,14 +383,35 @@ class HiARStudent(DistributionMatching):
         from fdistill.pipelines.hiar_student import export_hiar_student
 
         student = copy.deepcopy(extract_model_from_parallel(self.modules["student"])).cpu()
-        ema["ema"].copy_to(student.parameters())
-        export_hiar_student(student, self.embedding, self.student_metadata(), output_dir / "hiar_student.safetensors")
+        ema["ema"].copy_to(trainable(student))
+        if self.pipe is None:
+            export_hiar_student(student, self.embedding, self.student_metadata(),
+                                output_dir / "hiar_student.safetensors")
+            return
+        self.export_wan_pipeline(student.eval(), output_dir / "pipeline")
+
+    def export_wan_pipeline(self, student: nn.Module, path: Path) -> None:
+        """The student as a :class:`HiARPipeline` folder with the Wan folder's VAE, text encoder and tokenizer and
+        the settings it was trained for as its defaults: ``pipe(prompt)`` draws its video."""
+        from fdistill.io import atomic_folder
+        from fdistill.pipelines import HiARPipeline
+
+        c, pipe = self.config, self.pipe
+        frames = (c.clip.num_frames - 1) * pipe.vae_scale_factor_temporal + 1  # pixel frames of the training clip
+        student_pipe = HiARPipeline(
+            transformer=student, scheduler=pipe.scheduler, vae=pipe.vae.cpu(), text_encoder=pipe.text_encoder.cpu(),
+            tokenizer=pipe.tokenizer, frames_per_block=c.clip.frames_per_block,
+            denoising_steps=list(c.clip.denoising_steps), context=c.clip.context, num_frames=frames,
+            height=c.clip.height, width=c.clip.width, window=c.clip.window, order=c.order, guidance_scale=1.0)
+        with atomic_folder(path) as tmp:
+            student_pipe.save_pretrained(tmp)
 
 
 def distill_video(config: HiARConfig, resume: str | bool | None = None) -> Path:
-    """Train the HiAR student; returns ``output_dir`` (with ``hiar_student.safetensors`` when ``export``)."""
+    """Train the HiAR student; returns ``output_dir``, with, when ``export``, ``hiar_student.safetensors`` (a
+    label-conditioned teacher's student) or ``pipeline/`` (a Wan folder's student: a HiARPipeline folder)."""
     return train(config, lambda accelerator: HiARStudent(config, accelerator.device), resume, config.optim.grad_clip,
-                 "hiar")
+                 "hiar").output_dir
 
 
 def distill_video_from_cli(config_path: str | None, overrides: list[str], resume: str | None = None) -> Path:

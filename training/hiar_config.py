@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fdistill.divergences import get_divergence
 from fdistill.objective import ObjectiveConfig
 
-from .matching import OptimSpec
-from .trainer import LoopConfig
+from .matching import DiscriminatorSpec, MatchingConfig, RegressionWarmup
 
 TRAIN_ORDERS = ("hierarchical", "sequential")
 REG_ATTENTION = ("bidirectional", "block_causal")
@@ -19,13 +18,17 @@ CONTEXTS = ("next", "same")
 @dataclass
 class ClipSpec:
     """The training clip and the student's grid: ``num_frames`` latent frames in blocks of
-    ``frames_per_block``; ``denoising_steps`` are timesteps in (0, 1000] warped by the teacher's shift."""
+    ``frames_per_block``; ``denoising_steps`` are timesteps in (0, 1000] warped by the teacher's shift.
+    ``height`` / ``width``: frame size in pixels (a Wan folder teacher needs them; the moving-digits teacher
+    has its own)."""
 
     num_frames: int = 12
     frames_per_block: int = 2
     denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
     window: int | None = None
     context: str = "next"
+    height: int | None = None
+    width: int | None = None
 
     def __post_init__(self):
         if self.num_frames < 1 or self.frames_per_block < 1 or self.num_frames % self.frames_per_block:
@@ -62,17 +65,48 @@ class TrajectorySpec:
 
 
 @dataclass
-class InitSpec:
-    """Stage 2: ODE regression of the causal student (block-causal, a random step per block)."""
+class HiARTeacherSpec:
+    """The bidirectional video teacher: a label-conditioned teacher asset ``.safetensors`` or train-teacher
+    folder (None: the shipped moving-digits teacher), or a stock diffusers Wan2.1 text-to-video folder
+    (``WanPipeline``), whose student learns from the prompts of ``data``."""
 
-    steps: int = 100
-    lr: float = 1e-4
-    batch_size: int = 8
+    path: str | None = None
 
     def __post_init__(self):
-        if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError(f"need init.steps >= 0, init.lr > 0, init.batch_size >= 1, got {self.steps}, "
-                             f"{self.lr}, {self.batch_size}")
+        if self.path is not None and not Path(self.path).exists():
+            raise ValueError(f"teacher.path {self.path!r} does not exist")
+
+    @property
+    def is_wan_folder(self) -> bool:
+        index = Path(self.path or "") / "model_index.json"
+        if self.path is None or not index.is_file():
+            return False
+        name = json.loads(index.read_text()).get("_class_name")
+        if name != "WanPipeline":
+            raise ValueError(f"teacher.path {self.path!r} is a {name} folder; distill-video reads a WanPipeline "
+                             "(Wan2.1 text-to-video) folder or a label-conditioned teacher asset")
+        return True
+
+
+@dataclass
+class VideoDataSpec:
+    """The prompts a text-to-video student learns (a Wan folder teacher): ``prompts`` and the lines of
+    ``prompts_file``, encoded once by the teacher's text encoder (``max_sequence_length`` tokens, as
+    ``WanPipeline``)."""
+
+    prompts: list[str] = field(default_factory=list)
+    prompts_file: str | None = None
+    max_sequence_length: int = 512
+
+    def __post_init__(self):
+        if self.prompts_file is not None and not Path(self.prompts_file).is_file():
+            raise ValueError(f"data.prompts_file {self.prompts_file!r} does not exist")
+        if self.max_sequence_length < 1:
+            raise ValueError(f"data.max_sequence_length must be >= 1, got {self.max_sequence_length}")
+
+    def all_prompts(self) -> list[str]:
+        lines = Path(self.prompts_file).read_text().splitlines() if self.prompts_file else []
+        return [*self.prompts, *(line.strip() for line in lines if line.strip())]
 
 
 @dataclass
@@ -87,14 +121,6 @@ class RegulariserSpec:
             raise ValueError(f"regulariser.weight must be >= 0, got {self.weight}")
         if self.attention not in REG_ATTENTION:
             raise ValueError(f"regulariser.attention {self.attention!r} is not one of {REG_ATTENTION}")
-
-
-@dataclass
-class HiARDiscriminatorSpec:
-    """A per-token MLP head on the frozen teacher's transformer blocks (used when the divergence needs r)."""
-
-    feature_modules: list[str] = field(default_factory=lambda: ["blocks.2", "blocks.5"])
-    hidden: int = 64
 
 
 DM_TIMES = ("schedule", "uniform")
@@ -119,44 +145,67 @@ class DMTimeSpec:
                              f"t_min={self.t_min}, t_max={self.t_max}")
 
 
-def _default_objective() -> ObjectiveConfig:
-    return ObjectiveConfig(divergence="reverse_kl", guidance_scale=2.0, gan_weight=0.0)
+@dataclass
+class HiARObjective(ObjectiveConfig):
+    """The objective's settings with HiAR's defaults: reverse-KL (DMD), guided teacher, no GAN term."""
+
+    divergence: str = "reverse_kl"
+    guidance_scale: float = 2.0
+    gan_weight: float = 0.0
 
 
 @dataclass
-class HiARConfig(LoopConfig):
-    """The HiAR student run: init steps, then ``steps`` self-rollout iterations (``critic_steps``
-    critic updates and one generator update each). ``order``: ``hierarchical`` (HiAR) or
-    ``sequential`` (Self-Forcing)."""
+class HiARWarmup(RegressionWarmup):
+    """The block-causal ODE regression's defaults."""
 
-    teacher_path: str | None = None
+    steps: int = 100
+    lr: float = 1e-4
+    batch_size: int = 8
+
+
+@dataclass
+class VideoDiscriminatorSpec(DiscriminatorSpec):
+    """The shared discriminator section with the video defaults: a per-token MLP on two teacher blocks."""
+
+    head: str = "mlp"
+    feature_modules: list[str] | None = field(default_factory=lambda: ["blocks.2", "blocks.5"])
+
+
+@dataclass
+class HiARConfig(MatchingConfig):
+    """The HiAR student run: ``warmup.steps`` block-causal ODE regression steps, ``critic_warmup_steps``
+    critic-only steps, then ``steps`` self-rollout iterations (``critic_steps`` critic updates and one
+    generator update each). ``order``: ``hierarchical`` (HiAR) or ``sequential`` (Self-Forcing)."""
+
+    RENAMED = {"init": "warmup", "teacher_path": "teacher.path"}
+
+    teacher: HiARTeacherSpec = field(default_factory=HiARTeacherSpec)
+    data: VideoDataSpec = field(default_factory=VideoDataSpec)
     clip: ClipSpec = field(default_factory=ClipSpec)
     trajectories: TrajectorySpec = field(default_factory=TrajectorySpec)
-    init: InitSpec = field(default_factory=InitSpec)
+    warmup: HiARWarmup = field(default_factory=HiARWarmup)
     regulariser: RegulariserSpec = field(default_factory=RegulariserSpec)
-    objective: ObjectiveConfig = field(default_factory=_default_objective)
+    objective: HiARObjective = field(default_factory=HiARObjective)
     dm_time: DMTimeSpec = field(default_factory=DMTimeSpec)
-    optim: OptimSpec = field(default_factory=OptimSpec)
-    discriminator: HiARDiscriminatorSpec = field(default_factory=HiARDiscriminatorSpec)
+    discriminator: VideoDiscriminatorSpec = field(default_factory=VideoDiscriminatorSpec)
     order: str = "hierarchical"
     critic_steps: int = 2
     batch_size: int = 4
-    output_dir: str = "outputs/hiar"
+    output_dir: str = "outputs/hiar_student"
     export: bool = True
 
     def __post_init__(self):
         super().__post_init__()
         if self.order not in TRAIN_ORDERS:
             raise ValueError(f"order {self.order!r} is not one of {TRAIN_ORDERS}")
-        if self.critic_steps < 1:
-            raise ValueError(f"critic_steps must be >= 1, got {self.critic_steps}")
-        if self.teacher_path is not None and not Path(self.teacher_path).exists():
-            raise ValueError(f"teacher_path {self.teacher_path!r} does not exist")
-        if self.init.steps and self.init.batch_size % self.gradient_accumulation_steps:
-            raise ValueError(f"init.batch_size {self.init.batch_size} does not split into "
-                             f"gradient_accumulation_steps={self.gradient_accumulation_steps} micro-batches")
-        get_divergence(self.objective.divergence)
-
-    @property
-    def total_steps(self) -> int:
-        return self.init.steps + self.steps
+        if self.teacher.is_wan_folder:
+            if not self.data.all_prompts():
+                raise ValueError("a Wan text-to-video teacher needs prompts: data.prompts_file=<one prompt per line> "
+                                 "or data.prompts='[a cat walks, a red car drives]'")
+            if self.clip.height is None or self.clip.width is None:
+                raise ValueError("a Wan teacher needs the frame size: clip.height and clip.width (pixels)")
+        elif self.data.all_prompts():
+            raise ValueError("data.prompts condition a Wan text-to-video teacher; the moving-digits teacher draws labels")
+        if self.discriminator.feature_source != "teacher":
+            raise ValueError("discriminator.feature_source: the HiAR student reads the frozen teacher's features "
+                             f"('teacher'), got {self.discriminator.feature_source!r}")

@@ -32,14 +32,13 @@ from fdistill.teachers import LabelEmbedding, model_class
 
 from .checkpoint import atomic_write_text
 from .config import ConfigError, load_config
-from .trainer import PRECISIONS, Draw, LoopConfig, Method, Update, train
+from .trainer import Draw, LoopConfig, Method, Phase, Update, train, trainable
 
 MODEL_KINDS = {"unet2d": "UNet2DModel", "wan": "WanTransformer3DModel", "pipeline": None}
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DATASETS = ("digits", "moving_digits")
 LOSS_WEIGHTINGS = ("schedule", "velocity")
 LR_SCHEDULES = ("constant", "cosine")
-MIXED_PRECISION = PRECISIONS
 
 
 @dataclass
@@ -235,9 +234,8 @@ def build_teacher_net(config: TeacherConfig, family=None, table: Tensor | None =
 class _BatchSource:
     """Draws a training batch (x0, labels) with an explicit generator.
 
-    Moving-digits videos are rendered once up front when they fit in ``PRERENDER_BYTES`` (20,000
-    clips of 12×16×16: 4 s, 234 MiB), else on demand per batch; both give the same batches. Rendering
-    per batch costs ~12 ms of Python for 64 clips, which bounds a GPU step.
+    Moving-digits videos are rendered once up front when they fit in ``PRERENDER_BYTES``, else on demand
+    per batch (Python work that can bound a GPU step); both give the same batches.
     """
 
     PRERENDER_BYTES = 1 << 30
@@ -333,7 +331,7 @@ class TeacherMethod(Method):
         self.modules, self.optimizers = {"net": net}, {"net": optimizer}
         self.schedulers = {"net": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))}
         self.ema, self.states = {"ema": "net"}, {}
-        self.total_steps = config.steps
+        self.phases = [Phase("train", config.steps, (Update("denoising", "net", self.loss, config.batch_size),))]
 
     def loss(self, draw: Draw) -> tuple[Tensor, dict[str, Tensor]]:
         c = self.config
@@ -345,19 +343,16 @@ class TeacherMethod(Method):
         loss = teacher_loss(self.modules["net"], self.schedule, x0, labels, t, noise, c.loss_weighting)
         return loss, {"loss": loss}
 
-    def updates(self, step: int) -> list[Update]:
-        return [Update("denoising", "net", self.loss, self.config.batch_size)]
-
     def finish(self, output_dir: Path, ema: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
         final = build_teacher_net(self.config, self.family, self.table)
         if self.family is not None:  # the folder again, with the trained denoiser and its own scheduler
-            ema["ema"].copy_to(final.parameters())
+            ema["ema"].copy_to(trainable(final))
             self.family.export(final.net.model.cpu().eval(), output_dir / "pipeline",
                                scheduler=self.family.pipe.scheduler, extra={"trained_from": self.config.model.path})
             return
-        ema["ema"].copy_to(final.parameters())
+        ema["ema"].copy_to(trainable(final))
         final.model.save_pretrained(output_dir / "model", safe_serialization=True)
         if final.label_embedding is not None:
             save_file({k: v.contiguous() for k, v in final.label_embedding.state_dict().items()},
@@ -376,7 +371,7 @@ def train_teacher(config: TeacherConfig, resume: str | bool | None = None) -> Pa
     (split over processes and ``gradient_accumulation_steps`` micro-batches).
     """
     return train(config, lambda accelerator: TeacherMethod(config, accelerator.device), resume, config.grad_clip,
-                 "teacher")
+                 "teacher").output_dir
 
 
 def train_teacher_from_cli(config_path: str | Path | None, overrides: Sequence[str] = (),

@@ -3,7 +3,8 @@
 Images are tensors in [-1, 1] of shape (B, C, H, W). A *feature extractor* maps such a batch to
 (B, D) features. The default is the digits classifier's 128-d penultimate layer (no download,
 works on any machine); a second shipped classifier of another architecture and seed gives an
-independent space (`FEATURE_SPACES`: "classifier", "classifier_b"). Inception-v3 is used only when
+independent space (`FEATURE_SPACES`: "classifier", "classifier_b"); `EXTERNAL_SPACES` adds two the
+project did not design ("pixels", "sklearn_mlp"; see `fdistill.eval.external_features`). Inception-v3 is used only when
 its TorchScript file is on disk, through clean-fid's own wrapper and "clean" resizer (uint8
 quantisation, PIL bicubic to 299x299).
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
+from fdistill.eval.external_features import EXTERNAL_SPACES, external_feature_extractor
 from fdistill.models.classifier import (
     ASSET_NAME,
     ASSET_NAME_B,
@@ -41,6 +43,9 @@ INCEPTION_ENV = "FDISTILL_INCEPTION_WEIGHTS"
 FEATURE_SPACES: dict[str, str] = {"classifier": ASSET_NAME, "classifier_b": ASSET_NAME_B}
 """Named digits feature spaces -> shipped weights in fdistill/assets: "classifier" (CNN, 128-d,
 seed 0; the default) and "classifier_b" (residual GroupNorm/GELU CNN, 64-d, seed 1)."""
+
+ALL_FEATURE_SPACES: tuple[str, ...] = (*FEATURE_SPACES, *EXTERNAL_SPACES)
+"""Every named digits feature space: ours (`FEATURE_SPACES`), then the external ones (`EXTERNAL_SPACES`)."""
 
 
 def frechet_distance(
@@ -200,15 +205,17 @@ def get_feature_extractor(
     feature_extractor: FeatureExtractor | str | None = None,
     inception_weights: str | os.PathLike | None = None,
 ) -> FeatureExtractor:
-    """Resolve None / a `FEATURE_SPACES` name ("classifier", the default, or "classifier_b"),
-    "inception" (local file only) or a callable."""
+    """Resolve None / a `FEATURE_SPACES` name ("classifier", the default, or "classifier_b"), an
+    `EXTERNAL_SPACES` name ("pixels", "sklearn_mlp"), "inception" (local file only) or a callable."""
     if feature_extractor is None or feature_extractor in FEATURE_SPACES:
         return classifier_feature_extractor(feature_extractor)
+    if feature_extractor in EXTERNAL_SPACES:
+        return external_feature_extractor(feature_extractor)
     if feature_extractor == "inception":
         return inception_feature_extractor(inception_weights)
     if isinstance(feature_extractor, str):
         raise ValueError(f"unknown feature extractor {feature_extractor!r}: use one of "
-                         f"{[*FEATURE_SPACES, 'inception']} or a callable")
+                         f"{[*ALL_FEATURE_SPACES, 'inception']} or a callable")
     return feature_extractor
 
 
@@ -235,7 +242,7 @@ def compute_fid(
     """FID between two image sets (N_a, C, H, W) and (N_b, C, H, W) in [-1, 1].
 
     `feature_extractor`: None/"classifier" (digits classifier, default), "classifier_b" (the second
-    digits classifier), "inception" (needs the local weights file, see `resolve_inception_path`) or
+    digits classifier), "pixels" / "sklearn_mlp" (`EXTERNAL_SPACES`), "inception" (needs the local weights file, see `resolve_inception_path`) or
     any callable (B, C, H, W) -> (B, D).
     """
     extractor = get_feature_extractor(feature_extractor, inception_weights)

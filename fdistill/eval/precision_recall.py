@@ -1,9 +1,13 @@
-"""Improved precision and recall (Kynkäänniemi et al., NeurIPS 2019) on feature vectors.
+"""Improved precision and recall (Kynkäänniemi et al., NeurIPS 2019), density and coverage (Naeem et
+al., ICML 2020) on feature vectors.
 
 Each set's manifold is the union of balls centred at its samples, with radius the distance to
 the sample's k-th nearest neighbour within the same set. Precision = fraction of generated
 samples inside the real manifold (quality); recall = fraction of real samples inside the
-generated manifold (coverage).
+generated manifold. Density and coverage use the real balls only, so a few outlying generated
+samples cannot inflate them: density = how many real balls hold a generated sample, on average,
+divided by k (≈ 1 when the two sets match, > 1 when samples crowd the real modes); coverage =
+fraction of real balls that hold at least one generated sample (diversity).
 """
 
 from __future__ import annotations
@@ -64,6 +68,31 @@ def precision_recall(
     precision = in_manifold(fake, real, knn_radii(real, k, batch_size), batch_size).double().mean()
     recall = in_manifold(real, fake, knn_radii(fake, k, batch_size), batch_size).double().mean()
     return {"precision": precision.item(), "recall": recall.item()}
+
+
+def density_coverage(
+    real_features: np.ndarray | torch.Tensor,
+    fake_features: np.ndarray | torch.Tensor,
+    k: int = 5,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020) of fake (M, D) against real (N, D) features.
+
+    With B_i the open ball around real X_i of radius NND_k(X_i) (its k-th nearest real neighbour):
+    density = 1/(kM) Σ_j Σ_i 1[Y_j ∈ B_i], coverage = 1/N Σ_i 1[∃ j: Y_j ∈ B_i].
+    Returns {"density": float >= 0, "coverage": float in [0, 1]}.
+    """
+    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        shapes = f"{tuple(real.shape)}, {tuple(fake.shape)}"
+        raise ValueError(f"features must be (N, D) with equal D, got {shapes}")
+    radii = knn_radii(real, k, batch_size)
+    hits, covered = 0, torch.zeros(len(real), dtype=torch.bool)
+    for i in range(0, len(fake), batch_size):
+        inside = torch.cdist(fake[i : i + batch_size], real) < radii[None]  # strict, as the paper's code
+        hits += int(inside.sum())
+        covered |= inside.any(dim=0)
+    return {"density": hits / (k * len(fake)), "coverage": covered.double().mean().item()}
 
 
 def compute_precision_recall(

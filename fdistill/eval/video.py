@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -354,3 +355,35 @@ def evaluate_video(
         "flow_magnitude": mags.mean().item(),
         **_drift(feats, probs, 0.25, reference_features),
     }
+
+
+def moving_digits_report(videos: Videos, labels: torch.Tensor, edge: int = 12, real_speed: float | None = None,
+                         frozen_below: float = 0.5, layout: str | None = None) -> dict[str, Any]:
+    """The one report of moving-digits videos (B, C, F, H, W) with their labels (B,): every script and
+    study of the video testbed reads these keys.
+
+    ``frame_accuracy`` (digit crops) and ``frame_accuracy_full`` (whole frames), ``per_class_accuracy``;
+    with F ≥ 2·``edge`` frames ``accuracy_first`` / ``accuracy_last`` (the first and last ``edge`` frames)
+    and ``drift`` (their difference); ``centroid_speed`` (px/frame, mean over videos) and, given the real
+    clips' ``real_speed``, ``motion_ratio`` and ``frozen_fraction`` (videos slower than ``frozen_below`` ×
+    real); and the :func:`evaluate_video` keys (flickering, consistency, dynamic degree, confidence drift).
+    """
+    videos = as_videos(videos, layout)
+    labels = labels.cpu()
+    out: dict[str, Any] = {
+        "frame_accuracy": frame_accuracy(videos, labels, layout="latent"),
+        "frame_accuracy_full": frame_accuracy(videos, labels, crop=False, layout="latent"),
+        "per_class_accuracy": {int(c): frame_accuracy(videos[labels == c], labels[labels == c], layout="latent")
+                               for c in labels.unique()},
+    }
+    if videos.shape[2] >= 2 * edge:  # drift needs disjoint first and last segments
+        out["accuracy_first"] = frame_accuracy(videos[:, :, :edge], labels, layout="latent")
+        out["accuracy_last"] = frame_accuracy(videos[:, :, -edge:], labels, layout="latent")
+        out["drift"] = out["accuracy_first"] - out["accuracy_last"]
+    speeds = [centroid_speed(v[None], layout="latent") for v in videos]
+    out["centroid_speed"] = float(np.mean(speeds))
+    if real_speed is not None:
+        out["motion_ratio"] = out["centroid_speed"] / real_speed
+        out["frozen_fraction"] = float(np.mean([s < frozen_below * real_speed for s in speeds]))
+    return {**out, **evaluate_video(videos, layout="latent")}
+

@@ -60,25 +60,36 @@ def family_for(root: str | Path) -> type[Family]:
                      f"text-to-image and class-conditional teachers: {supported()}")
 
 
+ENCODERS = ("vae", "text_encoder", "tokenizer")
+"""Components a latent-cache run does without (names starting so: ``text_encoder_2``, ``tokenizer_3``…)."""
+
+
 def load_family(root: str | Path, device: torch.device | str = "cpu", resolution: tuple[int, int] | None = None,
-                guidance_scale: float = 1.0) -> Family:
-    """Load the teacher pipeline at ``root`` (frozen, eval) and wrap it in its family's adapter."""
+                guidance_scale: float = 1.0, encoders: bool = True, vae_factor: int | None = None) -> Family:
+    """Load the teacher pipeline at ``root`` (frozen, eval) and wrap it in its family's adapter.
+
+    ``encoders=False`` loads it without its VAE, text encoders and tokenizers (a run on a latent cache, whose
+    ``vae_factor`` then gives the latent size); the export reads them from ``root`` at the end.
+    """
     import diffusers
 
     root = Path(root)
     cls = family_for(root)
     pipeline_cls = getattr(diffusers, pipeline_class_name(root) or cls.pipeline_classes[0])
     if pipeline_class_name(root) is None:
-        parts = {sub: _load_component(root, sub) for sub in SD_COMPONENT_FOLDERS}
+        parts = {sub: _load_component(root, sub) if encoders or not sub.startswith(ENCODERS) else None
+                 for sub in SD_COMPONENT_FOLDERS}
         pipe = pipeline_cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     else:
-        pipe = pipeline_cls.from_pretrained(root)
+        index = json.loads((root / "model_index.json").read_text())
+        skip = {} if encoders else {k: None for k in index if k.startswith(ENCODERS)}
+        pipe = pipeline_cls.from_pretrained(root, **skip)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval().requires_grad_(False)
-    return cls(pipe, resolution, guidance_scale)
+    return cls(pipe, resolution, guidance_scale, root, vae_factor)
 
 
 def _load_component(root: Path, sub: str):

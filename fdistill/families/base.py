@@ -22,8 +22,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..io import atomic_folder
 from ..schedules import FlowMatchingSchedule, NoiseSchedule, schedule_from_scheduler
 
 __all__ = ["Family", "FamilyNet", "OneStep"]
@@ -55,6 +54,8 @@ class Family:
         resolution: (height, width) in pixels the student is trained at (None: the pipeline's default).
         guidance_scale: for ``guidance = "embedded"`` families (Flux.1-dev), the guidance value fed to
             the networks' guidance embedding; other families guide by classifier-free guidance instead.
+        root: the folder ``pipe`` was loaded from (the export reads the components ``pipe`` was loaded without).
+        vae_factor: the VAE's downsampling factor when ``pipe`` was loaded without its VAE (a latent cache's run).
     """
 
     name: ClassVar[str]
@@ -67,8 +68,9 @@ class Family:
     scales_initial_noise: ClassVar[bool] = True  # the pipeline multiplies its noise by init_noise_sigma
     stock_call_kwargs: ClassVar[dict[str, Any]] = {}  # extra arguments of the stock call (README)
 
-    def __init__(self, pipe, resolution: tuple[int, int] | None = None, guidance_scale: float = 1.0):
-        self.pipe = pipe
+    def __init__(self, pipe, resolution: tuple[int, int] | None = None, guidance_scale: float = 1.0,
+                 root: str | Path | None = None, vae_factor: int | None = None):
+        self.pipe, self.root, self.vae_factor = pipe, None if root is None else Path(root), vae_factor
         self.height, self.width = resolution or self.default_resolution()
         self.guidance_scale = guidance_scale
         self._layout: list[tuple[str, tuple[int, ...], torch.dtype]] | None = None
@@ -86,6 +88,8 @@ class Family:
 
     @property
     def vae_scale_factor(self) -> int:
+        if self.vae_factor is not None:
+            return self.vae_factor
         factor = getattr(self.pipe, "vae_scale_factor", None)  # DiTPipeline has none: read its VAE
         return int(factor or 2 ** (len(self.pipe.vae.config.block_out_channels) - 1))
 
@@ -163,6 +167,16 @@ class Family:
         elif layout != self._layout:
             raise ValueError(f"{self.label}: condition parts {layout} differ from the first ones {self._layout}")
         return torch.cat([v.detach().reshape(v.shape[0], -1).float().cpu() for v in parts.values()], 1)
+
+    def layout_record(self) -> list:
+        """The packed conditions' layout as JSON (a latent cache stores it: its runs load no text encoder)."""
+        if self._layout is None:
+            raise RuntimeError("conditions() or null_condition() must run before the layout is known")
+        return [[k, list(shape), str(dtype).removeprefix("torch.")] for k, shape, dtype in self._layout]
+
+    def set_layout(self, record: list) -> None:
+        """The layout of packed conditions encoded elsewhere (:meth:`layout_record`)."""
+        self._layout = [(k, tuple(shape), getattr(torch, dtype)) for k, shape, dtype in record]
 
     def unpack(self, condition: Tensor) -> dict[str, Tensor]:
         """The named parts of packed conditions (B, D), on the condition's device, in their own dtypes."""
@@ -283,24 +297,40 @@ class Family:
         path = Path(path)
         one_step = scheduler is None
         scheduler = self.one_step().scheduler if one_step else scheduler
-        components = {**self.pipe.components, self.denoiser_name: student, "scheduler": scheduler}
-        pipe = type(self.pipe)(**components, **self.pipeline_kwargs())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        replaced = {self.denoiser_name: student, "scheduler": scheduler}
+        left_out = [k for k, v in self.pipe.components.items() if v is None and self.root is not None
+                    and (self.root / k).is_dir()]
+        if left_out:  # loaded without its VAE / text encoders (a latent-cache run): the folder has them
+            pipe = type(self.pipe).from_pretrained(self.root, **replaced)
+        else:
+            pipe = type(self.pipe)(**{**self.pipe.components, **replaced}, **self.pipeline_kwargs())
+        with atomic_folder(path) as tmp:
             pipe.save_pretrained(tmp, safe_serialization=True)
-            for item in [tmp, *tmp.rglob("*")]:  # mkdtemp and the savers write owner-only modes
-                item.chmod(0o755 if item.is_dir() else 0o644)
             record = {"family": self.name, "pipeline_class": type(self.pipe).__name__,
                       **({"stock_call": self.stock_call()} if one_step else {}), **(extra or {})}
             (tmp / "fdistill.json").write_text(json.dumps(record, indent=1) + "\n")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.replace(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
+
+    @property
+    def lora_loadable(self) -> bool:
+        """Whether the stock pipeline loads a LoRA onto its denoiser (``load_lora_weights``)."""
+        saver = getattr(type(self.pipe), "save_lora_weights", None)
+        return saver is not None and f"{self.denoiser_name}_lora_layers" in inspect.signature(saver).parameters
+
+    def export_lora(self, state_dict: dict[str, Tensor], path: str | Path) -> Path:
+        """Write the student's LoRA so that ``pipe.load_lora_weights(path)`` puts it on the teacher's own pipeline
+        (the LCM-LoRA convention), with the one-step scheduler in ``path/scheduler`` to swap in."""
+        pipeline_cls = type(self.pipe)
+        if not self.lora_loadable:
+            raise ValueError(f"{pipeline_cls.__name__} loads no LoRA (no load_lora_weights for its "
+                             f"{self.denoiser_name}): export the merged student instead")
+        with atomic_folder(path) as tmp:
+            pipeline_cls.save_lora_weights(tmp, **{f"{self.denoiser_name}_lora_layers": state_dict},
+                                           safe_serialization=True)
+            self.one_step().scheduler.save_pretrained(tmp / "scheduler")
+            record = {"family": self.name, "pipeline_class": pipeline_cls.__name__, "stock_call": self.stock_call()}
+            (tmp / "fdistill.json").write_text(json.dumps(record, indent=1) + "\n")
+        return Path(path)
 
     def stock_call(self) -> dict[str, Any]:
         """The keyword arguments of the stock one-step call of an exported student."""

@@ -56,15 +56,9 @@ class ClassifierBase(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Write weights + config (with "arch") as safetensors (to a temporary file, then an atomic rename)."""
-        from safetensors.torch import save_file
+        from fdistill.io import atomic_save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(tmp), metadata={"config": json.dumps({"arch": self.arch, **self.config})})
-        tmp.chmod(0o644)
-        tmp.replace(path)
+        atomic_save_file(self.state_dict(), path, metadata={"config": json.dumps({"arch": self.arch, **self.config})})
 
 
 class DigitsClassifier(ClassifierBase):

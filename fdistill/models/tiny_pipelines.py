@@ -19,7 +19,7 @@ import torch
 from .tiny_sd import tiny_clip_tokenizer, tiny_sd_components
 
 __all__ = ["PUBLIC_SCHEDULERS", "TINY_FAMILIES", "tiny_clip_encoder", "tiny_pipeline", "tiny_t5_encoder",
-           "tiny_t5_tokenizer"]
+           "tiny_t5_tokenizer", "tiny_wan_pipeline"]
 
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -192,3 +192,28 @@ def _dit():
 
 
 _BUILDERS = {"sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "flux": _flux, "pixart": _pixart, "dit": _dit}
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """A ``WanPipeline`` (Wan2.1 T2V layout) at toy size: a tiny UMT5 text encoder and T5 tokenizer, a tiny
+    ``AutoencoderKLWan`` (8× spatial, 4× temporal), a 2-layer ``WanTransformer3DModel`` and Wan2.1's scheduler
+    (``UniPCMultistepScheduler``, flow prediction, flow shift 3)."""
+    import diffusers
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=37,
+                                                   num_layers=2, num_heads=4, relative_attention_num_buckets=8)).eval()
+        vae = diffusers.AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                         temperal_downsample=[False, True, True]).eval()
+        transformer = diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32).eval()
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                  flow_shift=3.0)
+    return diffusers.WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                                 transformer=transformer)
+

@@ -133,16 +133,17 @@ class HiARPlan:
         return len(self.times) - 1
 
 
-def _cell_seed(seed: int, index: int, block: int) -> int:
-    """A 63-bit seed for draw ``index`` of ``block``, independent across (index, block)."""
-    return int(np.random.SeedSequence([seed, index, block]).generate_state(1, dtype=np.uint64)[0] >> 1)
+def _cell_seed(seed: int, index: int, block: int, *tag: int) -> int:
+    """A 63-bit seed for draw ``index`` of ``block``, independent across (index, block, tag)."""
+    return int(np.random.SeedSequence([seed, index, block, *tag]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 class NoiseBank:
     """Seeded Gaussian noise per cell, identical for every order and every process that asks for it.
 
     ``initial(b)`` is block b's ε at t_0 (or the matching frames of ``latents``); ``renoise(k, b)`` is
-    the ε that re-noises cell (k, b)'s x̂0 to t_{k+1}. Each draw has its own generator seeded by
+    the ε that re-noises cell (k, b)'s x̂0 to t_{k+1}; ``prefix(k, frames)`` the ε that noises a given
+    prefix to the level of step k's cache (continuation). Each draw has its own generator seeded by
     (seed, k, b), so nothing is stored and no draw depends on the order of the others.
 
     Args:
@@ -159,9 +160,10 @@ class NoiseBank:
         self.device, self.dtype = torch.device(device), dtype
         self.latents = latents
 
-    def _draw(self, index: int, block: int) -> Tensor:
-        g = torch.Generator(device=self.device).manual_seed(_cell_seed(self.seed, index, block))
-        return torch.randn(self.block_shape, generator=g, device=self.device).to(self.dtype)
+    def _draw(self, index: int, block: int, *tag: int, frames: int | None = None) -> Tensor:
+        g = torch.Generator(device=self.device).manual_seed(_cell_seed(self.seed, index, block, *tag))
+        shape = self.block_shape if frames is None else (*self.block_shape[:2], frames, *self.block_shape[3:])
+        return torch.randn(shape, generator=g, device=self.device).to(self.dtype)
 
     def initial(self, b: int) -> Tensor:
         if self.latents is None:
@@ -171,6 +173,9 @@ class NoiseBank:
 
     def renoise(self, k: int, b: int) -> Tensor:
         return self._draw(k + 1, b)
+
+    def prefix(self, k: int, frames: int) -> Tensor:
+        return self._draw(k, 0, 1, frames=frames)
 
 
 class HiARCells:
@@ -191,11 +196,17 @@ class HiARCells:
         clean_context: one cache of clean outputs read by every step (the sequential order).
         on_block: called with (b, x̂0 (B, C, F, H, W)) when block b is finished; default: kept in
             ``outputs``.
+        prefix: optional clean latents (B or 1, C, P, H, W) the video continues. Before its first
+            cell reads it, every cache gets the prefix written at the level it holds (clean for
+            sequential; t_{k+1} or t_k for step k of the step-first orders, noised with the bank's
+            ``prefix(k, P)``), in the forward of that first cell. The prefix ends on a block boundary
+            (it takes frames [S − P, S), S = P rounded up to whole blocks) and block b takes frames
+            [S + b·F, S + (b + 1)·F), so the blocks keep the grid the student was trained on.
     """
 
     def __init__(self, model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan,
                  condition: Tensor, bank: NoiseBank, *, clean_context: bool = False,
-                 on_block: Callable[[int, Tensor], None] | None = None) -> None:
+                 on_block: Callable[[int, Tensor], None] | None = None, prefix: Tensor | None = None) -> None:
         self.model, self.schedule, self.plan = model, schedule, plan
         self.condition, self.bank, self.clean_context = condition, bank, clean_context
         self.on_block = on_block
@@ -206,6 +217,12 @@ class HiARCells:
         self._pending: dict[int, tuple[Tensor, float, int]] = {}  # cache key -> deferred write (x, t, offset)
         self._inputs: dict[Cell, Tensor] = {}
         self._denoising: dict[Cell, Tensor] = {}
+        f = plan.frames_per_block
+        if prefix is not None and (prefix.ndim != 5 or prefix.shape[2] < 1):
+            raise ValueError(f"prefix must be latents (B, C, P >= 1, H, W), got {tuple(prefix.shape)}")
+        self.prefix = prefix
+        self.start = 0 if prefix is None else -(-prefix.shape[2] // f) * f  # first generated frame
+        self._primed: set[int] = set()  # caches holding the prefix
 
     # -- state ---------------------------------------------------------------------------
     def _key(self, k: int) -> int:
@@ -249,13 +266,26 @@ class HiARCells:
         t = self._model_t(plan.times[k], x)
         # context "same": the denoise input is the level step k reads, so this forward writes it
         writes_itself = not self.clean_context and plan.context == "same" and b + 1 < plan.num_blocks
-        forward = CacheForward(x, t, b * f, self.cache(k), f if writes_itself else 0)
+        forward = CacheForward(x, t, self.start + b * f, self.cache(k), f if writes_itself else 0)
         pending = self._pending.pop(self._key(k), None)
-        if pending is not None:
+        if pending is None and self.prefix is not None and self._key(k) not in self._primed:
+            pending = self._prefix_write(k, x)
+        if pending is not None:  # frames just before x: the block-causal mask keeps this forward exact
             px, pt, offset = pending
             forward = CacheForward(torch.cat([px, x], dim=2), torch.cat([self._model_t(pt, px), t], dim=1),
-                                  offset, forward.cache, px.shape[2])
+                                  offset, forward.cache, px.shape[2] + forward.write_frames)
         return forward
+
+    def _prefix_write(self, k: int, like: Tensor) -> tuple[Tensor, float, int]:
+        """The prefix at the level cache k holds, as a deferred write (x, t, offset)."""
+        self._primed.add(self._key(k))
+        plan, prefix = self.plan, self.prefix.to(like.device, like.dtype)
+        prefix = prefix.expand(like.shape[0], *prefix.shape[1:]) if prefix.shape[0] == 1 else prefix
+        level = 0.0 if self.clean_context else plan.times[k + 1] if plan.context == "next" else plan.times[k]
+        if level > 0:
+            t = torch.tensor(level, dtype=torch.float32, device=like.device).expand(like.shape[0])
+            prefix = self.schedule.add_noise(prefix, self.bank.prefix(k, prefix.shape[2]).to(like), t)
+        return prefix, level, self.start - prefix.shape[2]
 
     def finish(self, k: int, b: int, out: Tensor) -> list[CacheForward]:
         """Take cell (k, b)'s model output for its block, (B, C, F, H, W): x̂0, re-noise, write.
@@ -286,9 +316,9 @@ class HiARCells:
         if not writes_after or b + 1 == plan.num_blocks:
             return []
         if plan.fused:
-            self._pending[self._key(k)] = (x_next, times[k + 1], b * plan.frames_per_block)
+            self._pending[self._key(k)] = (x_next, times[k + 1], self.start + b * plan.frames_per_block)
             return []
-        return [CacheForward(x_next, self._model_t(times[k + 1], x_next), b * plan.frames_per_block,
+        return [CacheForward(x_next, self._model_t(times[k + 1], x_next), self.start + b * plan.frames_per_block,
                             self.cache(k), plan.frames_per_block)]
 
     # -- running forwards ----------------------------------------------------------------
@@ -339,12 +369,15 @@ def run_cells(cells: HiARCells, waves: Sequence[Sequence[Cell]], on_cell: Callab
 @torch.no_grad()
 def generate_video(model: CausalWanTransformer3DModel, schedule: NoiseSchedule, plan: HiARPlan, condition: Tensor,
                    bank: NoiseBank, order: str = "hierarchical", on_cell: Callable[[], None] | None = None,
-                   on_block: Callable[[int, Tensor], None] | None = None) -> tuple[Tensor | None, HiARCells]:
+                   on_block: Callable[[int, Tensor], None] | None = None,
+                   prefix: Tensor | None = None) -> tuple[Tensor | None, HiARCells]:
     """Generate latents (B, C, N·F, H, W) with a single-process order; returns (video, cells).
 
     With ``on_block`` the finished blocks go there instead (video is None), so memory stays flat.
+    ``prefix``: clean latents (B or 1, C, P, H, W) to continue (see :class:`HiARCells`).
     """
-    cells = HiARCells(model, schedule, plan, condition, bank, clean_context=order == "sequential", on_block=on_block)
+    cells = HiARCells(model, schedule, plan, condition, bank, clean_context=order == "sequential", on_block=on_block,
+                      prefix=prefix)
     run_cells(cells, cell_waves(order, plan.num_blocks, plan.num_steps), on_cell)
     if on_block is not None:
         return None, cells
