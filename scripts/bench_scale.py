@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fdistill.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_WAN = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
                 text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, rope_max_seq_len=64)
@@ -200,10 +202,8 @@ def main() -> None:
         what, model = denoiser_on_meta(name)
         report["planner_80gb"][name] = {"parameters": count_parameters(model),
                                          "rows": [r.as_dict(80 * GIB) for r in plan_memory(model, 8, 64)]}
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -100,12 +100,13 @@ def main() -> None:
     print()
     print(format_comparison(student, teacher, f"student (1 step, {cfg.objective.divergence})",
                             f"teacher ({2 * args.teacher_steps - 1} NFE)"))
-    print(f"  student: {student['images_per_second']:.0f} img/s, trained in {train_s / 60:.1f} min; teacher: {source}")
+    print(f"  student: {student['images_per_second']:.0f} img/s, trained in {train_s / 60:.1f} min in this call; "
+          f"teacher: {summary['teacher']['source']}")
     d = summary["discriminator_last_quarter"]
     if d:
         print(f"discriminator, last quarter of f-distill (steps {d['from_step']}-{d['to_step']}): loss {d['disc']:.4f} "
               f"(chance: ln 4 = {d['ln4']:.4f})  h_spread {d['h_spread']:.3f} (goal >= 0.1)  r_mean {d['r_mean']:.3f}")
-    print(f"pipeline: {out / 'pipeline'}   samples: {out / 'samples.png'}")
+    print(f"pipeline: {summary['pipeline']}   samples: {summary['grid']}")
 
 
 if __name__ == "__main__":

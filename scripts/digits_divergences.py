@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from fdistill.eval.pipeline_eval import generate, image_metrics, pipeline_sample
 from fdistill.io import atomic_write_text
 from fdistill.pipelines import FDistillPipeline
 from fdistill.teachers import load_digits_teacher
-from fdistill.training.checkpoint import latest_checkpoint
+from fdistill.training.checkpoint import latest_checkpoint, start_from
 from fdistill.training.config import load_config, parse_args_with_overrides
 from fdistill.training.distill import DistillConfig, distill
 
@@ -212,9 +211,7 @@ def main() -> None:
             if recorded(div, seed):
                 continue
             run = work / f"seed{seed}" / div.replace(":", "_")
-            if latest_checkpoint(run) is None:  # every divergence starts from this seed's warm-up
-                run.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(ckpt, run / ckpt.name, dirs_exist_ok=True)
+            start_from(run, ckpt)  # every divergence starts from this seed's warm-up
             tic = time.perf_counter()
             distill(load_config(DistillConfig, args.config, [*args.overrides, f"seed={seed}",
                                                               f"objective.divergence={div}", f"steps={args.steps}",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     given = (clips.transpose(1, 2) + 1) / 2  # (B, F, C, H, W) in [0, 1], as output_type="pt" gives
 
     report: dict = {
+        "command": " ".join(["python", "scripts/eval_continuation.py", *(sys.argv[1:] if argv is None else argv)]),
         "student": Path(args.student).name, "num_clips": args.num_clips, "prefix_frames": p, "frames": n,
         "seed": args.seed, "goal": {"accuracy": 0.9},
         "real": {"accuracy": frame_accuracy(truth, labels, layout="latent"), **_motion(clips, truth)},

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from fdistill.eval.video import moving_digits_report
 from fdistill.io import atomic_write_text, read_jsonl
 from fdistill.pipelines.hiar_student import load_hiar_student
 from fdistill.teachers import load_moving_digits_teacher
-from fdistill.training.checkpoint import latest_checkpoint
+from fdistill.training.checkpoint import latest_checkpoint, start_from
 from fdistill.training.config import load_config, parse_args_with_overrides
 from fdistill.training.hiar import HiARConfig, distill_video
 
@@ -163,9 +162,7 @@ def main() -> None:
             if str(seed) in report["runs"].get(div, {}):
                 continue
             run = work / f"seed{seed}" / div.replace(":", "_")
-            if latest_checkpoint(run) is None:  # every divergence starts from this seed's warm-up
-                run.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(ckpt, run / ckpt.name, dirs_exist_ok=True)
+            start_from(run, ckpt)  # every divergence starts from this seed's warm-up
             tic = time.perf_counter()
             distill_video(load_config(HiARConfig, args.config, [*overrides, f"seed={seed}",
                                                                  f"objective.divergence={div}", f"steps={args.steps}",

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from fdistill.io import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPACES = ("classifier", "classifier_b", "pixels", "sklearn_mlp")  # ours, then two we did not design
@@ -191,10 +193,8 @@ def main(argv: list[str] | None = None) -> None:
               + f"  acc {sum(acc) / len(acc):.3f}  / teacher best ({' | '.join(SPACES)}): "
               + " | ".join(f"{report['student_over_teacher_best'][sp]:.2f}x" for sp in SPACES)
               + f"  speed-up {report['speedup']:.1f}x")
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {out}")
+    atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

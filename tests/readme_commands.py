@@ -33,6 +33,14 @@ TINY_FAMILY_RUN = ("data.num_samples=4 data.sample_steps=2 warmup.steps=1 warmup
 # printed command → arguments appended to it (fewer steps, samples, repeats; the CPU for --device cuda)
 APPENDED: dict[str, str] = {
     "make demo": "DEMO_ARGS='--num-samples 200 --seeds 0 --teacher-steps 2 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1'",
+    "fdistill eval --pipeline outputs/demo/pipeline": "--num-samples 100 --seeds 0 --teacher-steps 2",
+    "python scripts/eval_continuation.py --orders hierarchical --threads 1": "--num-clips 4 --frames 4 --threads 1 "
+        "--out reports/hiar_continuation_smoke.json",
+    # --critic-only takes no names here, and the overrides must not follow a list option
+    "python scripts/demo_quality.py": "--critic-only --teacher-steps 2 warmup.steps=2 warmup.ode_pairs=16 "
+                                      "warmup.ode_steps=2 critic_warmup_steps=1 steps=2 --work outputs/dq_readme "
+                                      "--report reports/demo_quality_smoke.json --num-samples 100 --sample-seeds 0 "
+                                      "--runs default",
     "python scripts/demo_grid.py": "--work outputs/dg_readme --output reports/demo_grid_smoke.json "
                                    "--settings t_shift=-1.0_critic_steps=1 -- --num-samples 100 --seeds 0 "
                                    "--teacher-steps 2 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",

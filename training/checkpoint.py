@@ -36,6 +36,15 @@ def truncate_metrics(path: str | Path, step: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln, _ in read_metrics(path, step)))
 
 
+def start_from(run: str | Path, checkpoint: str | Path) -> None:
+    """Start ``run`` from a copy of ``checkpoint`` (another run's) unless ``run`` has a checkpoint of its own:
+    how a study makes every variant continue one shared warm-up. ``--resume latest`` then picks it up."""
+    run = Path(run)
+    if latest_checkpoint(run) is None:
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(checkpoint, run / Path(checkpoint).name, dirs_exist_ok=True)
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints in ``output_dir``, oldest first."""
     output_dir = Path(output_dir)

@@ -167,21 +167,21 @@ def format_comparison(student: dict, teacher: dict | None = None, name: str = "s
                       teacher_name: str = "teacher") -> str:
     """A table of FID mean ± spread per feature space (and the ratio to ``teacher`` when given)."""
     seeds = " ".join(map(str, student["seeds"]))
-    lines = [f"FID, mean ± spread (max − min) over sample seeds {seeds}, {student['num_samples']} samples each:"]
-    head = f"  {'space':<13} {name:>18}"
-    if teacher:
-        head += f" {teacher_name:>18} {'ratio':>7}"
-    lines.append(head)
-    for space, m in student["by_features"].items():
-        row = f"  {space:<13} {m['fid']['mean']:>10.4g} ± {m['fid']['spread']:<5.2g}"
-        if teacher and space in teacher["by_features"]:
-            t = teacher["by_features"][space]["fid"]
-            row += f" {t['mean']:>10.4g} ± {t['spread']:<5.2g} {m['fid']['mean'] / t['mean']:>6.2f}x"
-        lines.append(row)
+    cell = lambda m: f"{m['mean']:.4g} ± {m['spread']:.2g}"
+    rows = [[space, cell(m["fid"])] + ([cell(teacher["by_features"][space]["fid"]),
+                                         f"{m['fid']['mean'] / teacher['by_features'][space]['fid']['mean']:.2f}x"]
+                                        if teacher and space in teacher["by_features"] else [])
+            for space, m in student["by_features"].items()]
+    head = ["space", name] + ([teacher_name, "ratio"] if teacher else [])
+    widths = [max(len(r[i]) for r in [head, *rows] if i < len(r)) for i in range(len(head))]
+    line = lambda r: "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                                      for i, (v, w) in enumerate(zip(r, widths[:len(r)], strict=True)))
+    lines = [f"FID, mean ± spread (max − min) over sample seeds {seeds}, {student['num_samples']} samples each:",
+             line(head), *map(line, rows)]
     for who, rep in ((name, student), (teacher_name, teacher)):
         if rep and "class_accuracy" in rep:
             acc = rep["class_accuracy"]
-            lines.append(f"  class accuracy ({who}): {acc['mean']:.3f} ± {acc['spread']:.3f}")
+            lines.append(f"  class accuracy, {who}: {acc['mean']:.3f} ± {acc['spread']:.3f}")
     return "\n".join(lines)
 
 
