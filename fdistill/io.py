@@ -99,3 +99,17 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[str, dict]]:
         except json.JSONDecodeError:
             break
     return rows
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Lay out a matplotlib figure, write it to ``path`` atomically (the format from the suffix) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    os.replace(tmp, path)
+    plt.close(fig)
+

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from fdistill.gmm import GaussianMixture
+from fdistill.io import save_figure
 from fdistill.training.toy import distill_gmm, warm_start
 
 DIVERGENCES = ["reverse_kl", "softened_reverse_kl", "jensen_shannon", "squared_hellinger", "forward_kl",
@@ -152,9 +153,7 @@ def plot_samples(path: Path, samples: dict, mixtures: dict, names: list[str]) ->
                 ax.set_title(SHORT.get(col, col), fontsize=8)
             if j == 0:
                 ax.set_ylabel(key, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_recovery(path: Path, curves: dict) -> None:
@@ -176,9 +175,7 @@ def plot_recovery(path: Path, curves: dict) -> None:
         axes[1, j].set_ylabel("precision")
         axes[1, j].set_xlabel("f-distill step")
     axes[0, -1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from fdistill.gmm import GaussianMixture, random_mixture
+from fdistill.io import save_figure
 from fdistill.training.toy import distill_gmm, warm_start
 
 DIVERGENCES = ["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"]
@@ -117,9 +118,7 @@ def plot_samples(path: Path, samples: dict, mixtures: list[GaussianMixture], nam
                 ax.set_title(SHORT.get(col, col) if col != "init" else "init", fontsize=8)
             if j == 0:
                 ax.set_ylabel(f"mixture {index}\n{setting}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:

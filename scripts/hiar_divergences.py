@@ -4,7 +4,8 @@
         [--seeds 0 1] [--steps 150] [--frames 48] [--config configs/moving_digits_hiar.yaml] [key=value ...]
 
 The rule, fixed before the runs: every divergence of a seed resumes that seed's warm-up checkpoint
-(trajectories, block-causal ODE regression), trains ``--steps`` self-rollout iterations with the same
+(trajectories, block-causal ODE regression; the divergences with a discriminator head share a second one,
+made the same way with the head in it), trains ``--steps`` self-rollout iterations with the same
 overrides, and is scored on the same videos (classes 0..9 × ``--videos-per-class`` seeds, ``--frames``
 latent frames, the student's saved defaults and a rolling window past its training clip) by
 ``fdistill.eval.video.moving_digits_report``: per-frame accuracy, drift (first − last ``--edge``
@@ -147,22 +148,30 @@ def main() -> None:
               f"motion {v['motion_ratio']:.2f}x, {row.get('discriminator', {})}", flush=True)
 
     work = Path(args.work)
-    for seed in args.seeds:
-        warm = work / f"seed{seed}" / "warmup"
+
+    def warm_start(seed: int, div: str) -> Path:
+        """This seed's warm-up checkpoint for ``div``: one per seed, and one more with a discriminator head for
+        the divergences that need one (the head's parameters are in the checkpoint and its optimizer)."""
+        head = load_config(HiARConfig, args.config, [*overrides, f"objective.divergence={div}"]).objective \
+            .needs_discriminator
+        warm, name = (work / f"seed{seed}" / "warmup_head", "ode_regression_head") if head else \
+            (work / f"seed{seed}" / "warmup", "ode_regression")
         tic = time.perf_counter()
-        distill_video(load_config(HiARConfig, args.config, [*overrides, f"seed={seed}", "steps=0",
-                                                             "critic_warmup_steps=0", f"output_dir={warm}",
+        distill_video(load_config(HiARConfig, args.config, [*overrides, f"seed={seed}", f"objective.divergence={div}",
+                                                             "steps=0", "critic_warmup_steps=0", f"output_dir={warm}",
                                                              f"checkpoint_every={max(base.warmup.steps, 1)}"]),
                       resume="latest")
-        if str(seed) not in report["runs"].get("ode_regression", {}):
-            record("ode_regression", seed, {"video": score(warm / "hiar_student.safetensors"),
-                                            "train_seconds": time.perf_counter() - tic})
-        ckpt = latest_checkpoint(warm)
+        if str(seed) not in report["runs"].get(name, {}):
+            record(name, seed, {"video": score(warm / "hiar_student.safetensors"),
+                                "train_seconds": time.perf_counter() - tic})
+        return latest_checkpoint(warm)
+
+    for seed in args.seeds:
         for div in args.divergences:
             if str(seed) in report["runs"].get(div, {}):
                 continue
             run = work / f"seed{seed}" / div.replace(":", "_")
-            start_from(run, ckpt)  # every divergence starts from this seed's warm-up
+            start_from(run, warm_start(seed, div))  # every divergence starts from this seed's warm-up
             tic = time.perf_counter()
             distill_video(load_config(HiARConfig, args.config, [*overrides, f"seed={seed}",
                                                                  f"objective.divergence={div}", f"steps={args.steps}",

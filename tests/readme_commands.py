@@ -41,6 +41,19 @@ APPENDED: dict[str, str] = {
                                       "warmup.ode_steps=2 critic_warmup_steps=1 steps=2 --work outputs/dq_readme "
                                       "--report reports/demo_quality_smoke.json --num-samples 100 --sample-seeds 0 "
                                       "--runs default",
+    "python scripts/hiar_divergences.py": "--divergences reverse_kl jensen_shannon --seeds 0 --steps 2 --frames 24 "
+                                          "--videos-per-class 1 --work outputs/hstudy_readme "
+                                          "--report reports/hiar_divergences_smoke.json warmup.steps=2 "
+                                          "trajectories.count=4 trajectories.cache_dir=outputs/hstudy_readme/traj "
+                                          "critic_warmup_steps=1 checkpoint_every=1",
+    "python scripts/train_t2i_digits.py": "--init outputs/t2i_init_readme --asset outputs/t2i_asset_readme "
+                                          "--vae-steps 2 steps=2 warmup_steps=1 batch_size=4 checkpoint_every=1 log_every=1 "
+                                          "output_dir=outputs/t2i_teacher_readme",
+    "fdistill distill --config configs/t2i_digits_js.yaml": TINY_FAMILY_RUN + " critic_warmup_steps=1",
+    "python scripts/t2i_digits_report.py --student outputs/t2i_digits/pipeline":
+        "--guidance 1.0 --teacher-steps 2 --sweep-samples 20 --num-samples 20 --batch-size 10 --timing-batch 2 "
+        "--timing-repeats 1 --student-seeds 0 --threads 1 --cache outputs/t2i_report_readme "
+        "--output reports/t2i_smoke.json --grid reports/t2i_smoke.png",
     "python scripts/demo_grid.py": "--work outputs/dg_readme --output reports/demo_grid_smoke.json "
                                    "--settings t_shift=-1.0_critic_steps=1 -- --num-samples 100 --seeds 0 "
                                    "--teacher-steps 2 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",

@@ -129,10 +129,13 @@ def unconditional(teacher: Teacher, device: torch.device) -> Teacher:
 
 @torch.no_grad()
 def teacher_samples(teacher: Teacher, n: int, steps: int, batch_size: int, g: torch.Generator,
-                    device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """(z, condition, x0) for ``n`` samples of the teacher's reference sampler, drawn batch by batch."""
+                    device: torch.device, desc: str = "teacher samples") -> tuple[Tensor, Tensor, Tensor]:
+    """(z, condition, x0) for ``n`` samples of the teacher's reference sampler, drawn batch by batch (a progress
+    bar when there is more than one batch)."""
+    from tqdm.auto import tqdm
+
     den, zs, cs, xs = teacher.denoiser, [], [], []
-    for i in range(0, n, batch_size):
+    for i in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=n <= batch_size, leave=False):
         b = min(batch_size, n - i)
         c = teacher.conditions(b, g)
         z = torch.randn(b, *teacher.sample_shape, generator=g).to(device)
@@ -252,7 +255,7 @@ def ode_pairs(teacher: Teacher, spec: WarmupSpec, seed: int, device: torch.devic
     elif spec.drop_classes:
         z, c, x = _pairs_without(teacher, spec, batch_size, g, device)
     else:
-        z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
+        z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device, "ODE pairs")
     if cache is not None:
         atomic_save_file({"z": z, "c": c, "x": x}, cache, metadata={"made_by": made_by})
     return z, c, x
@@ -273,7 +276,7 @@ def _pairs_replaced(teacher: Teacher, spec: WarmupSpec, batch_size: int, g: torc
     classifier = load_digits_classifier(device=device)
     den = teacher.denoiser
     drop = torch.tensor(sorted(set(spec.drop_classes)), device=device)
-    z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device)
+    z, c, x = teacher_samples(teacher, spec.ode_pairs, spec.ode_steps, batch_size, g, device, "ODE pairs")
 
     def logits(images: Tensor) -> Tensor:
         return torch.cat([classifier(b.float().clamp(-1, 1)) for b in images.split(batch_size)])
