@@ -9,7 +9,10 @@ weights, no memory) and prices each way of training it:
 * ``bf16 teacher``: the same with the frozen teacher in bf16 (2 B);
 * ``LoRA r``: one frozen base (fp32 or bf16) shared by teacher, student and fake score, plus two rank-r
   adapters (:mod:`fdistill.lora`) trained in fp32;
-* ``FSDP × N``: any of these with every copy sharded over N ranks (``torch.distributed.fsdp.fully_shard``).
+* ``FSDP × N`` (``parallel=fsdp``, ``torch.distributed.fsdp.fully_shard``): the student and the fake score
+  sharded over N ranks, their gradients and Adam state with them; the frozen teacher is not sharded, each rank
+  holds it whole (fp32 or bf16), as fdistill's FSDP does. LoRA adapters are views on the shared teacher and
+  train under DDP, which holds everything on every rank, so LoRA has no FSDP rows.
 
 Activations, the VAE, the text encoders and the discriminator head are not counted: they depend on the
 batch, the resolution and gradient checkpointing, and come on top.
@@ -91,15 +94,17 @@ def plan_memory(model: nn.Module, ranks: int = 8, lora_rank: int = 64) -> list[M
     rows = []
     for r in sorted({1, ranks}):
         fsdp = "" if r == 1 else f", FSDP × {r}"
-        rows += [
-            MemoryRow(f"full{fsdp}", r, (n * FP32 + 2 * n * FP32) // r, 2 * n * FP32 // r, 2 * n * ADAM // r, 2 * n),
-            MemoryRow(f"full, bf16 teacher{fsdp}", r, (n * BF16 + 2 * n * FP32) // r, 2 * n * FP32 // r,
+        rows += [  # the teacher whole on every rank, the two trained copies sharded
+            MemoryRow(f"full{fsdp}", r, n * FP32 + 2 * n * FP32 // r, 2 * n * FP32 // r, 2 * n * ADAM // r, 2 * n),
+            MemoryRow(f"full, bf16 teacher{fsdp}", r, n * BF16 + 2 * n * FP32 // r, 2 * n * FP32 // r,
                       2 * n * ADAM // r, 2 * n),
-            MemoryRow(f"LoRA r={lora_rank}, fp32 base{fsdp}", r, (n * FP32 + 2 * lora * FP32) // r,
-                      2 * lora * FP32 // r, 2 * lora * ADAM // r, 2 * lora),
-            MemoryRow(f"LoRA r={lora_rank}, bf16 base{fsdp}", r, (n * BF16 + 2 * lora * FP32) // r,
-                      2 * lora * FP32 // r, 2 * lora * ADAM // r, 2 * lora),
         ]
+    rows += [
+        MemoryRow(f"LoRA r={lora_rank}, fp32 base", 1, n * FP32 + 2 * lora * FP32, 2 * lora * FP32,
+                  2 * lora * ADAM, 2 * lora),
+        MemoryRow(f"LoRA r={lora_rank}, bf16 base", 1, n * BF16 + 2 * lora * FP32, 2 * lora * FP32,
+                  2 * lora * ADAM, 2 * lora),
+    ]
     return rows
 
 

@@ -54,6 +54,7 @@ APPENDED: dict[str, str] = {
         "--guidance 1.0 --teacher-steps 2 --sweep-samples 20 --num-samples 20 --batch-size 10 --timing-batch 2 "
         "--timing-repeats 1 --student-seeds 0 --threads 1 --cache outputs/t2i_report_readme "
         "--output reports/t2i_smoke.json --grid reports/t2i_smoke.png",
+    "python scripts/bench_scale.py": "--steps 2 --output reports/scale_smoke.json",
     "python scripts/demo_grid.py": "--work outputs/dg_readme --output reports/demo_grid_smoke.json "
                                    "--settings t_shift=-1.0_critic_steps=1 -- --num-samples 100 --seeds 0 "
                                    "--teacher-steps 2 steps=2 warmup.steps=2 warmup.ode_pairs=16 warmup.ode_steps=2 critic_warmup_steps=1",

@@ -94,7 +94,10 @@ def test_planner_prices_every_strategy():
     assert (full.weights, full.gradients, full.optimizer) == (3 * 4 * n, 2 * 4 * n, 2 * 8 * n)
     assert rows["full, bf16 teacher"].weights == (2 + 2 * 4) * n
     assert rows["LoRA r=64, bf16 base"].total == 2 * n + 2 * lora * 16
-    assert rows["full, FSDP × 4"].total == full.total // 4
+    sharded = rows["full, FSDP × 4"]  # the frozen teacher stays whole on every rank, as parallel=fsdp holds it
+    assert (sharded.weights, sharded.gradients, sharded.optimizer) == (4 * n + 2 * 4 * n // 4, 2 * 4 * n // 4,
+                                                                       2 * 8 * n // 4)
+    assert not any("LoRA" in s and "FSDP" in s for s in rows)  # LoRA trains under DDP
 
 
 def test_plan_memory_command(tmp_path, capsys):
