@@ -29,6 +29,10 @@ from torch import nn
 from fdistill.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_UNET = {"sample_size": 16, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+             "layers_per_block": 1, "down_block_types": ["DownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "num_class_embeds": 11}
+"""The tests' tiny digits UNet (tests/conftest.py), written out: the README runs this script without tests/."""
 TINY_WAN = dict(patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
                 text_dim=32, freq_dim=32, ffn_dim=64, num_layers=4, rope_max_seq_len=64)
 
@@ -144,9 +148,6 @@ def step_times(work: Path, steps: int) -> dict[str, float]:
     """Median seconds per f-distill step of the tiny digits student, DDP and FSDP on 2 processes."""
     from fdistill.training.config import build
     from fdistill.training.teacher import TeacherConfig, train_teacher
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import TINY_UNET
 
     teacher = train_teacher(build(TeacherConfig, {
         "model": {"kind": "unet2d", "config": TINY_UNET}, "data": {"name": "digits", "kwargs": {"split": "train"}},
