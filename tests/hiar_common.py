@@ -27,3 +27,21 @@ def build_config(cls: type, base: dict[str, Any], **overrides: Any):
             node = node.setdefault(p, {})
         node[leaf] = value
     return build(cls, data)
+
+
+def tiny_label_pipeline(num_frames: int):
+    """A class-conditional HiARPipeline over a tiny 1-channel causal Wan (8×8 frames, blocks of 2), seed 0."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from fdistill.models import CausalWanTransformer3DModel
+    from fdistill.pipelines.hiar_pipeline import HiARPipeline, LabelEmbeddingModel
+
+    torch.manual_seed(0)
+    transformer = CausalWanTransformer3DModel(**{**TINY, "in_channels": 1, "out_channels": 1}).eval()
+    pipe = HiARPipeline(transformer, FlowMatchEulerDiscreteScheduler(shift=2.0),
+                        label_embedding=LabelEmbeddingModel(10, 32, 1), frames_per_block=2, height=8, width=8,
+                        num_frames=num_frames)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from hiar_common import SCHEDULE, TINY
+from hiar_common import SCHEDULE, TINY, tiny_label_pipeline
 from tolerances import assert_close_up_to_rounding
 
 from fdistill.models import CacheForward, CausalWanTransformer3DModel
@@ -199,13 +199,7 @@ def test_plan_and_order_errors():
 # -- HiARPipeline ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    transformer = CausalWanTransformer3DModel(**{**TINY, "in_channels": 1, "out_channels": 1}).eval()
-    pipe = HiARPipeline(transformer, FlowMatchEulerDiscreteScheduler(shift=2.0),
-                        label_embedding=LabelEmbeddingModel(10, 32, 1), frames_per_block=2, height=8, width=8,
-                        num_frames=6)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_label_pipeline(num_frames=6)
 
 
 def _seeded(seed=0):

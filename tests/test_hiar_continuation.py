@@ -6,13 +6,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from hiar_common import SCHEDULE, TINY
+from hiar_common import SCHEDULE, tiny_label_pipeline
 
-from fdistill.models import CausalWanTransformer3DModel
 from fdistill.models.hiar_cell import HiARPlan, NoiseBank, cell_waves, denoising_times, generate_video
 from fdistill.pipelines.hiar_parallel import generate_video_pipelined
-from fdistill.pipelines.hiar_pipeline import HiARPipeline, LabelEmbeddingModel
 
 TIMES = denoising_times(SCHEDULE, [1000, 750, 500, 250])
 N, F, K = 3, 2, 4
@@ -96,13 +93,7 @@ def test_a_clean_prefix_continues_a_sequential_video_exactly(model, text):
 # -- the pipeline ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    transformer = CausalWanTransformer3DModel(**{**TINY, "in_channels": 1, "out_channels": 1}).eval()
-    pipe = HiARPipeline(transformer, FlowMatchEulerDiscreteScheduler(shift=2.0),
-                        label_embedding=LabelEmbeddingModel(10, 32, 1), frames_per_block=2, height=8, width=8,
-                        num_frames=4)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_label_pipeline(num_frames=4)
 
 
 def _clip(frames=3, size=8, channels=1):

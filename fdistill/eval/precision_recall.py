@@ -51,6 +51,14 @@ def in_manifold(
     return torch.cat(inside)
 
 
+def _feature_pair(real_features, fake_features) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets as float tensors, checked to be (N, D) with the same D."""
+    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"features must be (N, D) with equal D, got {tuple(real.shape)}, {tuple(fake.shape)}")
+    return real, fake
+
+
 def precision_recall(
     real_features: np.ndarray | torch.Tensor,
     fake_features: np.ndarray | torch.Tensor,
@@ -61,10 +69,7 @@ def precision_recall(
 
     Returns {"precision": float in [0, 1], "recall": float in [0, 1]}.
     """
-    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        shapes = f"{tuple(real.shape)}, {tuple(fake.shape)}"
-        raise ValueError(f"features must be (N, D) with equal D, got {shapes}")
+    real, fake = _feature_pair(real_features, fake_features)
     precision = in_manifold(fake, real, knn_radii(real, k, batch_size), batch_size).double().mean()
     recall = in_manifold(real, fake, knn_radii(fake, k, batch_size), batch_size).double().mean()
     return {"precision": precision.item(), "recall": recall.item()}
@@ -82,10 +87,7 @@ def density_coverage(
     density = 1/(kM) Σ_j Σ_i 1[Y_j ∈ B_i], coverage = 1/N Σ_i 1[∃ j: Y_j ∈ B_i].
     Returns {"density": float >= 0, "coverage": float in [0, 1]}.
     """
-    real, fake = _as_tensor(real_features), _as_tensor(fake_features)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        shapes = f"{tuple(real.shape)}, {tuple(fake.shape)}"
-        raise ValueError(f"features must be (N, D) with equal D, got {shapes}")
+    real, fake = _feature_pair(real_features, fake_features)
     radii = knn_radii(real, k, batch_size)
     hits, covered = 0, torch.zeros(len(real), dtype=torch.bool)
     for i in range(0, len(fake), batch_size):
