@@ -65,7 +65,7 @@ def _eval(args: argparse.Namespace) -> None:
     import sys
     from pathlib import Path
 
-    from fdistill.eval.pipeline_eval import evaluate_pipeline, format_comparison, teacher_reference
+    from fdistill.eval.pipeline_eval import evaluate_pipeline, fid_ratios, format_comparison, teacher_reference
     from fdistill.io import atomic_write_text, check_safetensors
     from fdistill.pipelines import FDistillPipeline
 
@@ -85,8 +85,7 @@ def _eval(args: argparse.Namespace) -> None:
         teacher, source = teacher_reference(teacher_path, args.num_samples, args.seeds, spaces, args.teacher_steps,
                                             args.batch_size, args.num_classes)
         report["teacher"] = {"source": source, **teacher}
-        report["fid_ratio_to_teacher"] = {s: report["by_features"][s]["fid"]["mean"] / teacher["by_features"][s]["fid"]
-                                          ["mean"] for s in spaces}
+        report["fid_ratio_to_teacher"] = fid_ratios(report, teacher)
     if args.output:
         atomic_write_text(args.output, json.dumps(report, indent=1) + "\n")
     print(format_comparison(report, teacher, "student", f"teacher ({2 * args.teacher_steps - 1} NFE)"))

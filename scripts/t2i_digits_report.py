@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> None:
                     for seed in args.student_seeds}
         first = per_seed.get(str(args.seed), next(iter(per_seed.values())))
         report["student"] = {**first, "per_seed": per_seed}
+        from fdistill.eval.pipeline_eval import over_seeds
+
         fids = {space: [r["by_features"][space]["fid"] for r in per_seed.values()] for space in SPACES}
-        report["student_fid_over_seeds"] = {space: {"mean": sum(v) / len(v), "spread": max(v) - min(v)}
-                                            for space, v in fids.items()}
+        report["student_fid_over_seeds"] = {space: over_seeds(v) for space, v in fids.items()}
         report["student_over_teacher_best"] = {
             space: report["student_fid_over_seeds"][space]["mean"]
             / report["teacher_best"][str(best[space])]["by_features"][space]["fid"] for space in SPACES}

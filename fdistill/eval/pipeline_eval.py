@@ -133,17 +133,27 @@ def evaluate_sampler(sampler: Sampler, num_samples: int = 2000, batch_size: int 
         per_seed[seed] = image_metrics(images, labels if conditional else None, inception_weights=inception_weights,
                                        feature_spaces=spaces, k=k)
         speeds.append(ips)
-    spread = lambda values: {"mean": sum(values) / len(values), "spread": max(values) - min(values),
-                             "per_seed": values}
-    by_features = {space: {metric: spread([per_seed[s]["by_features"][space][metric] for s in seeds])
+    by_features = {space: {metric: over_seeds([per_seed[s]["by_features"][space][metric] for s in seeds])
                            for metric in per_seed[seeds[0]]["by_features"][space]} for space in spaces}
     report = {"seeds": list(seeds), "num_samples": num_samples, "k": k, "by_features": by_features,
               "images_per_second": sorted(speeds)[len(speeds) // 2]}
     if "class_accuracy" in per_seed[seeds[0]]:
-        report["class_accuracy"] = spread([per_seed[s]["class_accuracy"] for s in seeds])
+        report["class_accuracy"] = over_seeds([per_seed[s]["class_accuracy"] for s in seeds])
         report["classes_covered"] = min(per_seed[s]["classes_covered"] for s in seeds)
     report["warnings"] = sample_warnings(report)
     return report
+
+
+def over_seeds(values: Sequence[float]) -> dict:
+    """One metric over sample seeds: ``{"mean", "spread" (max − min), "per_seed"}``."""
+    values = list(values)
+    return {"mean": sum(values) / len(values), "spread": max(values) - min(values), "per_seed": values}
+
+
+def fid_ratios(student: dict, teacher: dict) -> dict[str, float]:
+    """Mean FID of ``student`` over the teacher's, per feature space both reports (:func:`evaluate_sampler`) hold."""
+    return {space: m["fid"]["mean"] / teacher["by_features"][space]["fid"]["mean"]
+            for space, m in student["by_features"].items() if space in teacher["by_features"]}
 
 
 def sample_warnings(report: dict) -> list[str]:
