@@ -8,7 +8,7 @@ PIPELINE is a HiARPipeline folder (``save_pretrained``), a stock diffusers Wan2.
 file (``hiar_student.safetensors``, as ``distill-video`` writes and ``fdistill/assets`` ships).
 
 Generation flags left unset take the pipeline's saved config (num_frames, height, width,
-frames_per_block, denoising_steps, window, order, guidance_scale, context, renoise).
+frames_per_block, denoising_steps, window, sink_frames, order, guidance_scale, context, renoise).
 
 Outputs by extension: ``.npy`` (B, F, H, W, C) float32 in [0, 1] with the model's own channels;
 ``.gif`` (Pillow) and ``.mp4`` (imageio-ffmpeg, the ``video`` extra) with the batch side by side.
@@ -57,6 +57,9 @@ def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--denoising-steps", default=None,
                    help="timesteps with commas (1000,750,500,250; one step: 1000,) or a step count K")
     p.add_argument("--window", type=positive_int, default=None, help="attention window in latent frames")
+    p.add_argument("--sink-frames", type=int, default=None,
+                   help="attention sink: the first N latent frames stay in the window (0: none; default: the "
+                        "pipeline's)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance w (1: conditional only); single-process orders")
     p.add_argument("--context", default=None, help="next (t_k+1) or same (t_k): the context level")
@@ -154,7 +157,8 @@ def _generate(args: argparse.Namespace, pipe, *, labels=None, prompts=None):
     frames = pipe(
         prompt=prompts, labels=labels, num_frames=args.num_frames, height=args.height, width=args.width,
         denoising_steps=_steps(args.denoising_steps), frames_per_block=args.frames_per_block, order=order,
-        window=args.window, guidance_scale=args.guidance_scale, context=args.context, renoise=args.renoise,
+        window=args.window, sink_frames=args.sink_frames, guidance_scale=args.guidance_scale, context=args.context,
+        renoise=args.renoise,
         fused=not args.no_fused_write,
         num_processes=args.parallel, generator=torch.Generator(args.device).manual_seed(args.seed),
         output_type="pt",

@@ -106,8 +106,8 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
     The defaults the student was built for live in the config and are saved with it, so that
     ``pipe()`` and ``fdistill sample-video folder`` reproduce them (call arguments override):
     ``num_frames``, ``height``, ``width`` (None: the call must pass them), ``frames_per_block``,
-    ``denoising_steps``, ``window``, ``order``, ``guidance_scale``, ``context`` ("next" / "same")
-    and ``renoise`` ("noise" / "ode").
+    ``denoising_steps``, ``window``, ``sink_frames``, ``order``, ``guidance_scale``, ``context`` ("next" /
+    "same") and ``renoise`` ("noise" / "ode").
 
     ``callback_on_step_end(pipe, i, t, callback_kwargs)`` runs after every cell (k, b), the unit
     the progress bar counts (``num_timesteps`` = N blocks · K steps calls, in the order's run
@@ -122,7 +122,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
                  frames_per_block: int = 1, denoising_steps: list[int] | None = None,
                  context: str = "next", renoise: str = "noise", num_frames: int | None = None,
                  height: int | None = None, width: int | None = None, window: int | None = None,
-                 order: str = "hierarchical", guidance_scale: float = 1.0):
+                 order: str = "hierarchical", guidance_scale: float = 1.0, sink_frames: int = 0):
         super().__init__()
         check_order(order)
         if frames_per_block < 1:
@@ -130,13 +130,16 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         for name, value, valid in (("context", context, CONTEXTS), ("renoise", renoise, RENOISE_MODES)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+        if sink_frames and (window is None or not 0 < sink_frames < window - frames_per_block):
+            raise ValueError(f"sink_frames={sink_frames} needs a window W with W − frames_per_block > sink_frames "
+                             f"(window={window}, frames_per_block={frames_per_block}); 0 turns the sink off")
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, label_embedding=label_embedding)
         steps = [1000, 750, 500, 250] if denoising_steps is None else [int(t) for t in denoising_steps]
         self.register_to_config(frames_per_block=int(frames_per_block), denoising_steps=steps,
                                 context=context, renoise=renoise, num_frames=num_frames, height=height, width=width,
                                 window=None if window is None else int(window), order=order,
-                                guidance_scale=float(guidance_scale))
+                                guidance_scale=float(guidance_scale), sink_frames=int(sink_frames))
         self._guidance_scale, self._num_timesteps = float(guidance_scale), 0
         if _is_wan_vae(vae):  # as WanPipeline
             config = vae.config
@@ -388,6 +391,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         frames_per_block: int | None = None,
         order: str | None = None,
         window: int | None = None,
+        sink_frames: int | None = None,
         context: str | None = None,
         renoise: str | None = None,
         fused: bool = True,
@@ -427,6 +431,9 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
             order: "sequential", "hierarchical", "wavefront" or "pipelined".
             window: attention window in latent frames (rolling KV caches; None in the config: all
                 earlier frames, as does any window at least the video's length).
+            sink_frames: an attention sink: the video's first ``sink_frames`` latent frames stay in the
+                rolling window for good, shown just before its other frames (0: none; needs a window of more
+                than ``sink_frames + frames_per_block`` frames; runs unfused).
             context: context level of the step-first orders, "next" (t_{k+1}) or "same" (t_k).
             renoise: "noise" (fresh bank noise) or "ode" (DDIM step) between steps.
             fused: write each block's KV cache in the same forward as the next block's denoise.
@@ -458,6 +465,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         steps = cfg.denoising_steps if steps is None else steps
         order = cfg.order if order is None else order
         window = cfg.window if window is None else window
+        sink = cfg.get("sink_frames", 0) if sink_frames is None else int(sink_frames)
         fpb = cfg.frames_per_block if frames_per_block is None else frames_per_block
         self._guidance_scale = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
         if isinstance(callback_on_step_end, PipelineCallback | MultiPipelineCallbacks):
@@ -466,6 +474,8 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
                           callback_on_step_end_tensor_inputs, labels, num_frames, order, output_type,
                           num_videos_per_prompt, generator, self._guidance_scale, callback_on_step_end, fpb)
         num_frames = self._round_num_frames(num_frames, fpb)
+        if video is None and window is not None and self._latent_frames(num_frames) <= window:
+            sink = 0  # the window never moves: the sink is in it anyway (and the fused path stays)
 
         device = self._execution_device
         guided = self.do_classifier_free_guidance
@@ -483,7 +493,8 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
                                     latents=latents, broadcast=in_group)
         schedule = self.schedule
         plan = HiARPlan(denoising_times(schedule, steps), self._latent_frames(num_frames) // fpb, fpb, window=window,
-                        context=context or cfg.context, renoise=renoise or cfg.renoise, fused=fused,
+                        sink_frames=sink, context=context or cfg.context, renoise=renoise or cfg.renoise,
+                        fused=fused and not sink,
                         attention_backend=attention_backend)
         self._num_timesteps = plan.num_blocks * plan.num_steps
         prefix = None if video is None else self.encode_video(video, height, width, device)

@@ -23,7 +23,9 @@ from fdistill.teachers import ASSETS, LabelEmbedding
 
 from .hiar_pipeline import HiARPipeline, LabelEmbeddingModel
 
-__all__ = ["HIAR_STUDENT", "MAKE_STUDENT", "export_hiar_student", "load_hiar_student", "read_hiar_student"]
+__all__ = ["HIAR_STUDENT", "MAKE_STUDENT", "export_hiar_student", "load_hiar_student", "read_hiar_student",
+           "set_student_defaults"]
+INFERENCE_DEFAULTS = ("window", "sink_frames", "order", "denoising_steps", "num_frames")
 
 HIAR_STUDENT = ASSETS / "hiar_student.safetensors"
 MAKE_STUDENT = "fdistill distill-video --config configs/moving_digits_hiar.yaml"
@@ -39,6 +41,23 @@ def export_hiar_student(model: nn.Module, label_embedding: LabelEmbedding, metad
     meta = {**metadata, "model_config": {k: v for k, v in dict(model.config).items() if not k.startswith("_")},
             "label_embedding": label_embedding.config()}
     return atomic_save_file(state, path, metadata={"fdistill": json.dumps(meta)})
+
+
+def set_student_defaults(path: str | Path, reason: str, **defaults: Any) -> dict[str, Any]:
+    """Change a student asset's inference defaults (``window``, ``sink_frames``, ``order``, ``denoising_steps``,
+    ``num_frames``) in place, weights untouched; ``reason`` (e.g. the command that chose them) is recorded in
+    the metadata's ``defaults_history``. Validated by building the pipeline before the file is replaced.
+    Returns the new metadata."""
+    bad = sorted(set(defaults) - set(INFERENCE_DEFAULTS))
+    if bad:
+        raise ValueError(f"not an inference default: {', '.join(bad)}; valid: {', '.join(INFERENCE_DEFAULTS)}")
+    meta, state = read_hiar_student(path)
+    old = {k: meta.get(k) for k in defaults}
+    meta = {**meta, **defaults, "defaults_history": [*meta.get("defaults_history", []),
+                                                     {"from": old, "to": defaults, "reason": reason}]}
+    HiARPipeline(transformer=None, scheduler=None, **{k: meta[k] for k in INFERENCE_DEFAULTS if k in meta})
+    atomic_save_file(state, path, metadata={"fdistill": json.dumps(meta)})
+    return meta
 
 
 def read_hiar_student(path: str | Path | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -75,6 +94,6 @@ def load_hiar_student(path: str | Path | None = None) -> HiARPipeline:
         label_embedding=LabelEmbeddingModel.from_label_embedding(embedding).eval(),
         frames_per_block=meta["frames_per_block"], denoising_steps=meta["denoising_steps"],
         context=meta["context"], num_frames=meta["num_frames"], height=meta["height"], width=meta["width"],
-        window=meta.get("window"), order=meta.get("order", "hierarchical"),
+        window=meta.get("window"), order=meta.get("order", "hierarchical"), sink_frames=meta.get("sink_frames", 0),
         guidance_scale=1.0,  # the teacher's guidance is distilled into the student: one forward per cell
     )

@@ -1,7 +1,7 @@
 """Does the divergence matter on video? HiAR students per divergence over seeds, from shared warm-ups.
 
     python scripts/hiar_divergences.py [--divergences reverse_kl jensen_shannon forward_kl alpha:1.5]
-        [--seeds 0 1] [--steps 150] [--frames 48] [--config configs/moving_digits_hiar.yaml] [key=value ...]
+        [--seeds 0 1] [--steps 100] [--frames 48] [--config configs/moving_digits_hiar.yaml] [key=value ...]
 
 The rule, fixed before the runs: every divergence of a seed resumes that seed's warm-up checkpoint
 (trajectories, block-causal ODE regression; the divergences with a discriminator head share a second one,
@@ -13,10 +13,13 @@ frames) and motion (centroid speed / real). A divergence differs from reverse-KL
 difference (same seed, same warm-up) is larger than twice its standard error over seeds; with
 fewer than 3 seeds the report says the differences are not tested.
 
-The default overrides carry what made the image discriminator learn: low-σ times (``dm_time.kind=schedule``,
-``objective.t_shift=-1``), a critic warm-up, the head's own learning rate and two critic updates per
-generator update. The discriminator's health is read from each run's ``metrics.jsonl``: the last
-quarter's mean ``disc`` loss (chance: ln 4 = 1.386), ``h_spread`` and ``r_mean``.
+The default overrides carry what made the image discriminator learn, except its low-σ times: a critic
+warm-up, the head's own learning rate and two critic updates per generator update; the DM loss and the
+critic keep the video recipe's times (``dm_time.kind=uniform``). With the low-σ times as well
+(``dm_time.kind=schedule objective.t_shift=-1``, the first study, ``reports/hiar_divergences_low_sigma.json``)
+the discriminator learned within 35 critic steps but reverse-KL students collapsed to chance accuracy on both
+seeds. The discriminator's health is read from each run's ``metrics.jsonl``: the last quarter's mean
+``disc`` loss (chance: ln 4 = 1.386), ``h_spread`` and ``r_mean``.
 
 Resumable: runs under ``--work`` resume from their checkpoints; runs in the report are kept and
 skipped when its settings match. Writes ``reports/hiar_divergences.json``.
@@ -27,11 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from fdistill.data.moving_digits import MovingDigits
 from fdistill.divergences import get_divergence
@@ -44,8 +47,7 @@ from fdistill.training.config import load_config, parse_args_with_overrides
 from fdistill.training.hiar import HiARConfig, distill_video
 
 ROOT = Path(__file__).resolve().parents[1]
-DISCRIMINATOR = ["dm_time.kind=schedule", "objective.t_shift=-1", "critic_warmup_steps=50", "critic_steps=2",
-                 "optim.lr_head=1e-3"]
+DISCRIMINATOR = ["critic_warmup_steps=50", "critic_steps=2", "optim.lr_head=1e-3"]
 MEASURES = ("frame_accuracy", "drift", "motion_ratio")
 
 
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--divergences", nargs="+", default=["reverse_kl", "jensen_shannon", "forward_kl", "alpha:1.5"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--config", default=str(ROOT / "configs/moving_digits_hiar.yaml"))
-    ap.add_argument("--steps", type=int, default=150, help="self-rollout iterations after the warm-ups")
+    ap.add_argument("--steps", type=int, default=100, help="self-rollout iterations after the warm-ups")
     ap.add_argument("--frames", type=int, default=48, help="latent frames of the scored videos")
     ap.add_argument("--videos-per-class", type=int, default=3)
     ap.add_argument("--edge", type=int, default=12, help="frames of the first / last segment (drift)")
@@ -99,6 +101,22 @@ def paired(report: dict, base: str = "reverse_kl") -> dict:
     return out
 
 
+def study_command(report: dict, args: argparse.Namespace) -> str:
+    """The one command that makes the whole report, whichever workers (``--seeds``/``--divergences``) ran it."""
+    divs = [d for d in build_parser().get_default("divergences") if d in report["runs"]]
+    divs += sorted(d for d in report["runs"] if d not in divs and not d.startswith("ode_regression"))
+    seeds = sorted({int(s) for runs in report["runs"].values() for s in runs})
+    argv = ["python", "scripts/hiar_divergences.py", "--divergences", *divs, "--seeds", *map(str, seeds)]
+    for flag in ("steps", "frames", "videos_per_class", "edge", "window"):
+        if getattr(args, flag) != build_parser().get_default(flag):
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.no_discriminator_settings:
+        argv.append("--no-discriminator-settings")
+    if args.config != build_parser().get_default("config"):
+        argv += ["--config", report["settings"]["config"]]
+    return " ".join(argv + list(args.overrides))
+
+
 def main() -> None:
     args = parse_args_with_overrides(build_parser())
     torch.set_num_threads(1)
@@ -111,8 +129,7 @@ def main() -> None:
                 "overrides": overrides, "steps": args.steps, "frames": args.frames,
                 "videos_per_class": args.videos_per_class, "edge": args.edge, "window": args.window}
     report_path = Path(args.report)
-    report: dict = {"settings": settings, "command": " ".join(["python", "scripts/hiar_divergences.py",
-                                                                 *sys.argv[1:]]), "runs": {}}
+    report: dict = {"settings": settings, "runs": {}}
     if report_path.is_file():
         old = json.loads(report_path.read_text())
         if old.get("settings") != settings:
@@ -140,9 +157,15 @@ def main() -> None:
                                   "frozen_fraction") if k in m}
 
     def record(name: str, seed: int, row: dict) -> None:
-        report["runs"].setdefault(name, {})[str(seed)] = row
-        report["minus_reverse_kl"] = paired(report)
-        atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+        with FileLock(str(report_path) + ".lock"):  # workers on other seeds may share this report
+            if report_path.is_file():
+                for other, runs in json.loads(report_path.read_text())["runs"].items():
+                    report["runs"].setdefault(other, {}).update(
+                        {s: r for s, r in runs.items() if s not in report["runs"].get(other, {})})
+            report["runs"].setdefault(name, {})[str(seed)] = row
+            report["minus_reverse_kl"] = paired(report)
+            report["command"] = study_command(report, args)
+            atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
         v = row["video"]
         print(f"{name} seed {seed}: accuracy {v['frame_accuracy']:.3f}, drift {v.get('drift', float('nan')):.3f}, "
               f"motion {v['motion_ratio']:.2f}x, {row.get('discriminator', {})}", flush=True)

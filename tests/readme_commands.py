@@ -46,6 +46,12 @@ APPENDED: dict[str, str] = {
                                           "--report reports/hiar_divergences_smoke.json warmup.steps=2 "
                                           "trajectories.count=4 trajectories.cache_dir=outputs/hstudy_readme/traj "
                                           "critic_warmup_steps=1 checkpoint_every=1",
+    "python scripts/hiar_drift.py --long-frames 1000 --ship fdistill/assets/hiar_student.safetensors":
+        "--variants 8:0 8:2 --frames 12 --edge 4 --videos-per-class 1 --long-frames 14 "
+        "--output reports/hiar_drift_smoke.json --cache outputs/hiar_drift_readme",
+    "python scripts/hiar_drift.py --variants 8:0 8:4 --seed-offset 2 --output reports/hiar_drift_confirm.json":
+        "--frames 12 --edge 4 --videos-per-class 1 --output reports/hiar_drift_confirm_smoke.json "
+        "--cache outputs/hiar_drift_readme",
     "python scripts/train_t2i_digits.py": "--init outputs/t2i_init_readme --asset outputs/t2i_asset_readme "
                                           "--vae-steps 2 steps=2 warmup_steps=1 batch_size=4 checkpoint_every=1 log_every=1 "
                                           "output_dir=outputs/t2i_teacher_readme",

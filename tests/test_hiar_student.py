@@ -61,7 +61,7 @@ def test_gradients_reach_only_exit_step_forwards(order, context):
     model.patch_embedding.register_forward_hook(lambda m, a, out: calls.append(torch.is_grad_enabled()))
     caches = []
     original = model.make_kv_cache
-    model.make_kv_cache = lambda window=None: caches.append(original(window)) or caches[-1]
+    model.make_kv_cache = lambda window=None, sink=0: caches.append(original(window, sink)) or caches[-1]
     eps = torch.randn(1, 4, 1, 6, 8, 8)
     x0 = self_rollout(model, schedule, plan, torch.randn(1, 1, 16), eps, order, exit_step=1)
     assert x0.shape == (1, 1, 6, 8, 8) and x0.requires_grad
@@ -138,6 +138,19 @@ def test_load_hiar_student_generates_with_no_arguments(teacher_dir, tmp_path):
     assert pipe.config.denoising_steps == [1000, 500] and pipe.config.frames_per_block == 2
 
 
+def test_window_and_sink_train_and_ship_as_defaults(teacher_dir, tmp_path):
+    """Self-rollouts past the window with an attention sink (active: 8 frames, window 6, sink 2) train and the
+    student's pipeline carries both as its defaults."""
+    from fdistill.pipelines import load_hiar_student
+
+    out = distill_video(tiny_config(teacher_dir, tmp_path / "run", steps=1, **{
+        "warmup.steps": 0, "clip.num_frames": 8, "clip.window": 6, "clip.sink_frames": 2}))
+    pipe = load_hiar_student(out / "hiar_student.safetensors")
+    assert (pipe.config.window, pipe.config.sink_frames) == (6, 2)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(labels=[3], output_type="latent").frames.shape[2] == 8
+
+
 def test_missing_student_names_the_command(tmp_path):
     from fdistill.pipelines import load_hiar_student
 
@@ -150,6 +163,7 @@ def test_missing_student_names_the_command(tmp_path):
     ("regulariser.attention", "causal", "causal"),
     ("clip.num_frames", 5, "5"),
     ("clip.denoising_steps", [500, 1000], "[500, 1000]"),
+    ("clip.sink_frames", 3, "clip.sink_frames=3"),
     ("objective.divergence", "nope", "nope"),
     ("dm_time.kind", "lognormal", "lognormal"),
 ])

@@ -208,7 +208,8 @@ class HiARStudent(DistributionMatching):
         self.channels = int(self.teacher.model.config.in_channels)
         self.shape = (self.channels, clip.num_frames, h, w)
         self.plan = HiARPlan(denoising_times(schedule, clip.denoising_steps), clip.num_frames // clip.frames_per_block,
-                             clip.frames_per_block, window=clip.window, context=clip.context)
+                             clip.frames_per_block, window=clip.window, sink_frames=clip.sink_frames,
+                             context=clip.context, fused=not clip.sink_frames)
         self.K = self.plan.num_steps
 
         student = CausalWanTransformer3DModel.from_config(self.teacher.model.config)
@@ -369,7 +370,8 @@ class HiARStudent(DistributionMatching):
     def student_metadata(self) -> dict[str, Any]:
         c = self.config
         return {"denoising_steps": list(c.clip.denoising_steps), "frames_per_block": c.clip.frames_per_block,
-                "window": c.clip.window, "order": c.order, "context": c.clip.context, "num_frames": c.clip.num_frames,
+                "window": c.clip.window, "sink_frames": c.clip.sink_frames, "order": c.order,
+                "context": c.clip.context, "num_frames": c.clip.num_frames,
                 "height": self.height, "width": self.width, "shift": self.schedule.shift,
                 "guidance_scale": 1.0, "teacher_guidance_scale": c.objective.guidance_scale,
                 "command": f"fdistill distill-video --config {Path(c.output_dir) / 'config.yaml'}",
@@ -402,7 +404,8 @@ class HiARStudent(DistributionMatching):
             transformer=student, scheduler=pipe.scheduler, vae=pipe.vae.cpu(), text_encoder=pipe.text_encoder.cpu(),
             tokenizer=pipe.tokenizer, frames_per_block=c.clip.frames_per_block,
             denoising_steps=list(c.clip.denoising_steps), context=c.clip.context, num_frames=frames,
-            height=c.clip.height, width=c.clip.width, window=c.clip.window, order=c.order, guidance_scale=1.0)
+            height=c.clip.height, width=c.clip.width, window=c.clip.window, sink_frames=c.clip.sink_frames,
+            order=c.order, guidance_scale=1.0)
         with atomic_folder(path) as tmp:
             student_pipe.save_pretrained(tmp)
 

@@ -20,12 +20,14 @@ class ClipSpec:
     """The training clip and the student's grid: ``num_frames`` latent frames in blocks of
     ``frames_per_block``; ``denoising_steps`` are timesteps in (0, 1000] warped by the teacher's shift.
     ``height`` / ``width``: frame size in pixels (a Wan folder teacher needs them; the moving-digits teacher
-    has its own)."""
+    has its own). ``window`` / ``sink_frames``: the rolling attention window and attention sink of the
+    self-rollouts, saved as the student's defaults (``HiARPipeline``'s arguments of the same names)."""
 
     num_frames: int = 12
     frames_per_block: int = 2
     denoising_steps: list[int] = field(default_factory=lambda: [1000, 750, 500, 250])
     window: int | None = None
+    sink_frames: int = 0
     context: str = "next"
     height: int | None = None
     width: int | None = None
@@ -39,6 +41,9 @@ class ClipSpec:
             raise ValueError(f"clip.denoising_steps must be decreasing timesteps in (0, 1000], got {steps}")
         if self.window is not None and self.window < self.frames_per_block:
             raise ValueError(f"clip.window={self.window} is smaller than a block ({self.frames_per_block} frames)")
+        if self.sink_frames and (self.window is None or not 0 < self.sink_frames < self.window - self.frames_per_block):
+            raise ValueError(f"clip.sink_frames={self.sink_frames} needs clip.window > sink_frames + frames_per_block "
+                             f"(window={self.window}, frames_per_block={self.frames_per_block}); 0: no sink")
         if self.context not in CONTEXTS:
             raise ValueError(f"clip.context {self.context!r} is not one of {CONTEXTS}")
 

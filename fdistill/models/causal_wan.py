@@ -270,9 +270,22 @@ class CausalWanTransformer3DModel(WanTransformer3DModel):
         for idx, block in enumerate(self.blocks):
             block.attn1.set_processor(CausalWanSelfAttnProcessor(idx))
 
-    def make_kv_cache(self, window: int | None = None) -> KVCache:
-        """An empty cache for this model, keeping at most ``window`` frames (None: all)."""
-        return KVCache(len(self.blocks), window=window)
+    def make_kv_cache(self, window: int | None = None, sink: int = 0) -> KVCache:
+        """An empty cache for this model, keeping at most ``window`` frames (None: all), the first ``sink``
+        of them for good (an attention sink, shown just before the window; see :class:`KVCache`)."""
+        return KVCache(len(self.blocks), window=window, sink=sink, rotate=self.rotate_keys)
+
+    def rotate_keys(self, keys: Tensor, frames: int) -> Tensor:
+        """Cached keys (B, H, L, D), rotated at their frame p, as if written at frame p + ``frames``.
+
+        Only the temporal slice of Wan's RoPE (the first ``t_dim`` channels of a head) depends on the
+        frame; rotations compose, so R(frames) applied to R(p)·k is R(p + frames)·k.
+        """
+        t_dim = self.rope.t_dim
+        cos, sin = _frame_rope(frames, 1, t_dim, keys.device)
+        rotated = _apply_rotary_emb(keys[..., :t_dim].transpose(1, 2), cos.view(1, 1, 1, -1),
+                                    sin.view(1, 1, 1, -1)).transpose(1, 2)
+        return torch.cat([rotated, keys[..., t_dim:]], dim=-1)
 
     def forward(
         self,

@@ -97,6 +97,9 @@ class HiARPlan:
         num_blocks: N, blocks per video.
         frames_per_block: F, latent frames per block.
         window: attention window W in latent frames (None: all earlier frames); caches keep W − F frames.
+        sink_frames: S, an attention sink: the video's first S latent frames stay in every cache, counted in
+            its W − F frames and shown just before the others (:class:`~fdistill.models.kv_cache.KVCache`);
+            0 (default): a plain rolling window. Needs a window with W − F > S.
         context: level of the step-first orders' context: "next" (t_{k+1}) or "same" (t_k).
         renoise: "noise" (x̂0 re-noised with the bank's ε(k, b)) or "ode" (DDIM step from x_b^k).
         fused: prepend each write forward to the next denoise forward on the same cache.
@@ -107,6 +110,7 @@ class HiARPlan:
     num_blocks: int
     frames_per_block: int
     window: int | None = None
+    sink_frames: int = 0
     context: str = "next"
     renoise: str = "noise"
     fused: bool = True
@@ -122,6 +126,14 @@ class HiARPlan:
         if self.window is not None and self.window < self.frames_per_block:
             raise ValueError(f"window={self.window} is smaller than a block (frames_per_block="
                              f"{self.frames_per_block}): the window must hold at least one whole block")
+        if self.sink_frames < 0 or (self.sink_frames and (self.window is None
+                                                           or self.sink_frames >= self.window - self.frames_per_block)):
+            raise ValueError(f"sink_frames={self.sink_frames} needs a window W with W − frames_per_block > "
+                             f"sink_frames (window={self.window}, frames_per_block={self.frames_per_block}); "
+                             "0 turns the sink off")
+        if self.sink_frames and self.fused:
+            raise ValueError("an attention sink runs unfused (fused=False): a fused forward reads a cache one "
+                             "block behind its queries, whose window would not reach the sink")
         if self.context not in CONTEXTS:
             raise ValueError(f"unknown context {self.context!r}; valid: {', '.join(CONTEXTS)}")
         if self.renoise not in RENOISE_MODES:
@@ -234,7 +246,8 @@ class HiARCells:
         if key not in self._caches:
             # A block's window holds the block itself and W − F earlier frames; only those are cached.
             window, f = self.plan.window, self.plan.frames_per_block
-            self._caches[key] = self.model.make_kv_cache(window=None if window is None else max(window - f, 1))
+            self._caches[key] = self.model.make_kv_cache(window=None if window is None else max(window - f, 1),
+                                                         sink=self.plan.sink_frames)
         return self._caches[key]
 
     def state_nbytes(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -19,23 +19,40 @@ class KVCache:
         window: keep only the last ``window`` frames (by frame index) after each update, so memory
             does not grow with video length; None keeps everything. For results identical to full
             attention, use a window >= the attention window.
+        sink: an attention sink: frames 0 .. sink − 1 of the video stay in the cache for good, counted in the
+            ``window`` (which then keeps ``sink`` first and ``window − sink`` last frames). Once the window has
+            moved past them they are shown just before the oldest kept frame: their ``frames`` labels become
+            r − sink .. r − 1 (r: the oldest kept frame) and their keys are re-rotated by the same shift with
+            ``rotate``, so every key-query distance stays inside the window (RoPE is relative: rotating a
+            key written at position p by R(d) is the key written at p + d).
+        rotate: ``rotate(keys, d)`` → keys (B, H, L, D) re-rotated by d frames; needed for ``sink``.
 
     Attributes:
         keys, values: per layer, (B, H, Lc, D) post-norm, post-RoPE keys / values, or None if empty.
-        frames: (Lc,) absolute frame index of each cached token, or None if empty.
+        frames: (Lc,) frame index of each cached token as attention sees it (its RoPE position and its place
+            in the mask): the absolute index, except for sink frames shown before the window.
+        origins: (Lc,) absolute frame index of each cached token.
     """
 
-    def __init__(self, num_layers: int, window: int | None = None) -> None:
+    def __init__(self, num_layers: int, window: int | None = None, sink: int = 0,
+                 rotate: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:
         if window is not None and window < 1:
             raise ValueError(f"window must be a positive number of frames or None, got {window}")
+        if sink < 0 or (sink and (window is None or sink >= window)):
+            raise ValueError(f"sink must be 0 or a number of frames below the window ({window}), got {sink}")
+        if sink and rotate is None:
+            raise ValueError("an attention sink needs rotate(keys, d) to move its keys before the window")
         self.num_layers = num_layers
         self.window = window
+        self.sink = sink
+        self.rotate = rotate
         self.reset()
 
     def reset(self) -> None:
         self.keys: list[torch.Tensor | None] = [None] * self.num_layers
         self.values: list[torch.Tensor | None] = [None] * self.num_layers
         self.frames: torch.Tensor | None = None
+        self.origins: torch.Tensor | None = None
 
     def __len__(self) -> int:
         """Number of cached tokens."""
@@ -59,18 +76,39 @@ class KVCache:
         if len(keys) != self.num_layers or len(values) != self.num_layers:
             raise ValueError(f"expected {self.num_layers} layers, got {len(keys)} keys / {len(values)} values")
         frames = frames.to(keys[0].device)
-        all_frames = frames if self.frames is None else torch.cat([self.frames, frames])
+        origins = frames if self.origins is None else torch.cat([self.origins, frames])
+        labels = frames if self.frames is None else torch.cat([self.frames, frames])
         # Tokens to keep out of [cached; new]: cached tokens of rewritten frames go, and so does
-        # everything older than the window.
-        select = torch.ones_like(all_frames, dtype=torch.bool)
-        if self.frames is not None:
-            select[: self.frames.numel()] = ~torch.isin(self.frames, frames)
+        # everything older than the window (but the sink).
+        select = torch.ones_like(origins, dtype=torch.bool)
+        if self.origins is not None:
+            select[: self.origins.numel()] = ~torch.isin(self.origins, frames)
         if self.window is not None:
-            select &= all_frames >= all_frames.max() + 1 - self.window
+            recent = origins >= origins.max() + 1 - (self.window - self.sink)
+            select &= recent | (origins < self.sink)
+        shift = 0
+        if self.sink:
+            sink = select & (origins < self.sink)
+            kept = origins[select & ~sink]
+            if bool(sink.any()) and kept.numel():
+                # Sink frame o is shown at r − sink + o (r: oldest kept frame), or at o while the window reaches it.
+                target = torch.clamp(kept.min() - self.sink + origins[sink], min=origins[sink])
+                shifts = torch.unique(target - labels[sink])
+                if shifts.numel() != 1:
+                    raise RuntimeError(f"sink frames would move by different shifts {shifts.tolist()}")
+                shift = int(shifts[0])  # one shift for every sink token: they move together
+                labels = labels.clone()
+                labels[sink] = target
         select = None if bool(select.all()) else select
         for layer in range(self.num_layers):
             for store, new in ((self.keys, keys[layer]), (self.values, values[layer])):
                 # torch.cat always copies: the cache never aliases caller storage nor writes in place.
                 merged = torch.cat([new] if store[layer] is None else [store[layer], new], dim=2)
                 store[layer] = merged if select is None else merged[:, :, select]
-        self.frames = all_frames if select is None else all_frames[select]
+            if shift:
+                in_sink = (origins if select is None else origins[select]) < self.sink
+                moved = self.keys[layer].clone()
+                moved[:, :, in_sink] = self.rotate(moved[:, :, in_sink], shift)
+                self.keys[layer] = moved
+        self.frames = labels if select is None else labels[select]
+        self.origins = origins if select is None else origins[select]
