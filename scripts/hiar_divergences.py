@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def discriminator_health(run: Path) -> dict[str, float]:
     """Last-quarter means of the logged discriminator statistics (empty without a discriminator)."""
-    rows = [r for r in read_jsonl(run / "metrics.jsonl") if "disc" in r or "h_spread" in r]
+    rows = [r for _, r in read_jsonl(run / "metrics.jsonl") if "disc" in r or "h_spread" in r]
     rows = rows[len(rows) * 3 // 4:]
     out = {}
     for key in ("disc", "h_spread", "r_mean"):
@@ -135,6 +135,14 @@ def main() -> None:
         if old.get("settings") != settings:
             raise SystemExit(f"{report_path} holds a study with other settings: pass another --report or move it")
         report["runs"] = old["runs"]
+        for key, value in old.items():  # notes and the like written beside the runs
+            report.setdefault(key, value)
+    work = Path(args.work)
+    for name, runs in report["runs"].items():  # the discriminator's health, read again from every run's log
+        for seed, row in runs.items():
+            log = work / f"seed{seed}" / name.replace(":", "_") / "metrics.jsonl"
+            if "discriminator" in row and log.is_file():
+                row["discriminator"] = discriminator_health(log.parent)
 
     teacher = load_moving_digits_teacher(base.teacher.path)
     data = dict(teacher.metadata["data"]["kwargs"])
@@ -156,21 +164,23 @@ def main() -> None:
         return {k: m[k] for k in ("frame_accuracy", "accuracy_first", "accuracy_last", "drift", "motion_ratio",
                                   "frozen_fraction") if k in m}
 
-    def record(name: str, seed: int, row: dict) -> None:
+    def save(name: str | None = None, seed: int | None = None, row: dict | None = None) -> None:
         with FileLock(str(report_path) + ".lock"):  # workers on other seeds may share this report
             if report_path.is_file():
                 for other, runs in json.loads(report_path.read_text())["runs"].items():
                     report["runs"].setdefault(other, {}).update(
                         {s: r for s, r in runs.items() if s not in report["runs"].get(other, {})})
-            report["runs"].setdefault(name, {})[str(seed)] = row
+            if row is not None:
+                report["runs"].setdefault(name, {})[str(seed)] = row
             report["minus_reverse_kl"] = paired(report)
             report["command"] = study_command(report, args)
             atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+
+    def record(name: str, seed: int, row: dict) -> None:
+        save(name, seed, row)
         v = row["video"]
         print(f"{name} seed {seed}: accuracy {v['frame_accuracy']:.3f}, drift {v.get('drift', float('nan')):.3f}, "
               f"motion {v['motion_ratio']:.2f}x, {row.get('discriminator', {})}", flush=True)
-
-    work = Path(args.work)
 
     def warm_start(seed: int, div: str) -> Path:
         """This seed's warm-up checkpoint for ``div``: one per seed, and one more with a discriminator head for
@@ -179,6 +189,9 @@ def main() -> None:
             .needs_discriminator
         warm, name = (work / f"seed{seed}" / "warmup_head", "ode_regression_head") if head else \
             (work / f"seed{seed}" / "warmup", "ode_regression")
+        # One warm-up config per kind, whichever divergence asks first (the ODE regression reads neither
+        # the divergence nor the head; every divergence that reads r builds the same head).
+        div = "jensen_shannon" if head else "reverse_kl"
         tic = time.perf_counter()
         distill_video(load_config(HiARConfig, args.config, [*overrides, f"seed={seed}", f"objective.divergence={div}",
                                                              "steps=0", "critic_warmup_steps=0", f"output_dir={warm}",
@@ -202,7 +215,8 @@ def main() -> None:
             record(div, seed, {"video": score(run / "hiar_student.safetensors"),
                                "discriminator": discriminator_health(run),
                                "train_seconds": time.perf_counter() - tic})
-    print(json.dumps(report.get("minus_reverse_kl", {}), indent=2))
+    save()  # the health read again from the logs, the paired differences and the whole study's command
+    print(json.dumps(report["minus_reverse_kl"], indent=2))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ APPENDED: dict[str, str] = {
                                       "warmup.ode_steps=2 critic_warmup_steps=1 steps=2 --work outputs/dq_readme "
                                       "--report reports/demo_quality_smoke.json --num-samples 100 --sample-seeds 0 "
                                       "--runs default",
-    "python scripts/hiar_divergences.py": "--divergences reverse_kl jensen_shannon --seeds 0 --steps 2 --frames 24 "
-                                          "--videos-per-class 1 --work outputs/hstudy_readme "
+    "python scripts/hiar_divergences.py --divergences reverse_kl jensen_shannon forward_kl --seeds 0 1":
+                                          "--seeds 0 --steps 2 --frames 24 --videos-per-class 1 --work outputs/hstudy_readme "
                                           "--report reports/hiar_divergences_smoke.json warmup.steps=2 "
                                           "trajectories.count=4 trajectories.cache_dir=outputs/hstudy_readme/traj "
                                           "critic_warmup_steps=1 checkpoint_every=1",

@@ -122,14 +122,15 @@ def test_student_defaults_change_in_place(tmp_path):
 
     path = tmp_path / "student.safetensors"
     path.write_bytes(HIAR_STUDENT.read_bytes())
-    meta = set_student_defaults(path, "a test", window=8, sink_frames=2)
-    assert meta["defaults_history"][-1] == {"from": {"window": None, "sink_frames": None},
-                                             "to": {"window": 8, "sink_frames": 2}, "reason": "a test"}
+    before = load_hiar_student(path).config
+    meta = set_student_defaults(path, "a test", window=10, sink_frames=2)
+    assert meta["defaults_history"][-1] == {"from": {"window": before.window, "sink_frames": before.sink_frames},
+                                             "to": {"window": 10, "sink_frames": 2}, "reason": "a test"}
     pipe = load_hiar_student(path)
-    assert (pipe.config.window, pipe.config.sink_frames) == (8, 2)
+    assert (pipe.config.window, pipe.config.sink_frames) == (10, 2)
     before = path.read_bytes()
-    with pytest.raises(ValueError, match="sink_frames=7 needs a window"):
-        set_student_defaults(path, "bad", sink_frames=7)
+    with pytest.raises(ValueError, match="sink_frames=9 needs a window"):
+        set_student_defaults(path, "bad", sink_frames=9)
     with pytest.raises(ValueError, match="not an inference default: height"):
         set_student_defaults(path, "bad", height=3)
     assert path.read_bytes() == before  # a refused change leaves the file alone
