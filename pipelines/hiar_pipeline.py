@@ -39,6 +39,7 @@ from fdistill.models.hiar_cell import (
     NoiseBank,
     cell_waves,
     check_order,
+    check_sink_frames,
     denoising_times,
     run_cells,
 )
@@ -130,9 +131,7 @@ class HiARPipeline(SavesLoaderModule, DiffusionPipeline):
         for name, value, valid in (("context", context, CONTEXTS), ("renoise", renoise, RENOISE_MODES)):
             if value not in valid:
                 raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
-        if sink_frames and (window is None or not 0 < sink_frames < window - frames_per_block):
-            raise ValueError(f"sink_frames={sink_frames} needs a window W with W − frames_per_block > sink_frames "
-                             f"(window={window}, frames_per_block={frames_per_block}); 0 turns the sink off")
+        check_sink_frames(sink_frames, window, frames_per_block)
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
                               tokenizer=tokenizer, label_embedding=label_embedding)
         steps = [1000, 750, 500, 250] if denoising_steps is None else [int(t) for t in denoising_steps]

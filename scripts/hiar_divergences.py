@@ -138,11 +138,14 @@ def main() -> None:
         for key, value in old.items():  # notes and the like written beside the runs
             report.setdefault(key, value)
     work = Path(args.work)
+
+    def run_dir(seed: int | str, div: str) -> Path:
+        return work / f"seed{seed}" / div.replace(":", "_")
+
     for name, runs in report["runs"].items():  # the discriminator's health, read again from every run's log
         for seed, row in runs.items():
-            log = work / f"seed{seed}" / name.replace(":", "_") / "metrics.jsonl"
-            if "discriminator" in row and log.is_file():
-                row["discriminator"] = discriminator_health(log.parent)
+            if "discriminator" in row and (run_dir(seed, name) / "metrics.jsonl").is_file():
+                row["discriminator"] = discriminator_health(run_dir(seed, name))
 
     teacher = load_moving_digits_teacher(base.teacher.path)
     data = dict(teacher.metadata["data"]["kwargs"])
@@ -206,7 +209,7 @@ def main() -> None:
         for div in args.divergences:
             if str(seed) in report["runs"].get(div, {}):
                 continue
-            run = work / f"seed{seed}" / div.replace(":", "_")
+            run = run_dir(seed, div)
             start_from(run, warm_start(seed, div))  # every divergence starts from this seed's warm-up
             tic = time.perf_counter()
             distill_video(load_config(HiARConfig, args.config, [*overrides, f"seed={seed}",

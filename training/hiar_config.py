@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fdistill.models.hiar_cell import check_sink_frames
 from fdistill.objective import ObjectiveConfig
 
 from .matching import DiscriminatorSpec, MatchingConfig, RegressionWarmup
@@ -41,9 +42,7 @@ class ClipSpec:
             raise ValueError(f"clip.denoising_steps must be decreasing timesteps in (0, 1000], got {steps}")
         if self.window is not None and self.window < self.frames_per_block:
             raise ValueError(f"clip.window={self.window} is smaller than a block ({self.frames_per_block} frames)")
-        if self.sink_frames and (self.window is None or not 0 < self.sink_frames < self.window - self.frames_per_block):
-            raise ValueError(f"clip.sink_frames={self.sink_frames} needs clip.window > sink_frames + frames_per_block "
-                             f"(window={self.window}, frames_per_block={self.frames_per_block}); 0: no sink")
+        check_sink_frames(self.sink_frames, self.window, self.frames_per_block, name="clip.sink_frames")
         if self.context not in CONTEXTS:
             raise ValueError(f"clip.context {self.context!r} is not one of {CONTEXTS}")
 

@@ -88,6 +88,14 @@ def denoising_times(schedule: NoiseSchedule, steps: int | Sequence[float]) -> tu
     return tuple(float(t) for t in times)
 
 
+def check_sink_frames(sink_frames: int, window: int | None, frames_per_block: int, name: str = "sink_frames") -> None:
+    """An attention sink of ``sink_frames`` needs a window W whose caches (W − frames_per_block frames) keep at least
+    one frame besides it; 0 turns it off. ``name``: how the caller spells the setting in the error."""
+    if sink_frames < 0 or (sink_frames and (window is None or sink_frames >= window - frames_per_block)):
+        raise ValueError(f"{name}={sink_frames} needs a window W with W − frames_per_block > sink_frames "
+                         f"(window={window}, frames_per_block={frames_per_block}); 0 turns the sink off")
+
+
 @dataclass(frozen=True)
 class HiARPlan:
     """Everything that fixes the cell grid of one video, apart from the weights and the condition.
@@ -126,11 +134,7 @@ class HiARPlan:
         if self.window is not None and self.window < self.frames_per_block:
             raise ValueError(f"window={self.window} is smaller than a block (frames_per_block="
                              f"{self.frames_per_block}): the window must hold at least one whole block")
-        if self.sink_frames < 0 or (self.sink_frames and (self.window is None
-                                                           or self.sink_frames >= self.window - self.frames_per_block)):
-            raise ValueError(f"sink_frames={self.sink_frames} needs a window W with W − frames_per_block > "
-                             f"sink_frames (window={self.window}, frames_per_block={self.frames_per_block}); "
-                             "0 turns the sink off")
+        check_sink_frames(self.sink_frames, self.window, self.frames_per_block)
         if self.sink_frames and self.fused:
             raise ValueError("an attention sink runs unfused (fused=False): a fused forward reads a cache one "
                              "block behind its queries, whose window would not reach the sink")

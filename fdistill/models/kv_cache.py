@@ -100,15 +100,16 @@ class KVCache:
                 labels = labels.clone()
                 labels[sink] = target
         select = None if bool(select.all()) else select
+        kept_origins = origins if select is None else origins[select]
+        in_sink = kept_origins < self.sink
         for layer in range(self.num_layers):
             for store, new in ((self.keys, keys[layer]), (self.values, values[layer])):
                 # torch.cat always copies: the cache never aliases caller storage nor writes in place.
                 merged = torch.cat([new] if store[layer] is None else [store[layer], new], dim=2)
                 store[layer] = merged if select is None else merged[:, :, select]
             if shift:
-                in_sink = (origins if select is None else origins[select]) < self.sink
                 moved = self.keys[layer].clone()
                 moved[:, :, in_sink] = self.rotate(moved[:, :, in_sink], shift)
                 self.keys[layer] = moved
         self.frames = labels if select is None else labels[select]
-        self.origins = origins if select is None else origins[select]
+        self.origins = kept_origins
